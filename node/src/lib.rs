@@ -1,1 +1,180 @@
-//! x
+//! `outpost-node`: the site daemon. Scanners post events to its HTTP API; it makes each
+//! one durable in a redb store (one fsync per group commit) before answering, and its
+//! replicator sends them over QUIC with mutual TLS to the region's relay, which
+//! acknowledges what it has stored.
+//!
+//! The node keeps accepting while the WAN is down: the backlog lives on disk, and the
+//! replicator resumes from the relay's durable watermark when the link returns.
+//!
+//! Boundaries: protocol decisions live in [`sync_protocol`]; this crate is the shell that
+//! owns the disk ([`store`]), the HTTP listener ([`http`]), the QUIC socket
+//! ([`replicator`]), the clock and the OS randomness.
+//!
+//! Invariants, and where they are enforced:
+//! - No scanner is answered before its event is fsync'd: [`store::Store::append`] returns
+//!   only after the group's commit.
+//! - Per-lane seqs are gapless from 1 within an epoch: the writer assigns them in the
+//!   append transaction (`store::append`).
+//! - An unacknowledged event is never pruned: pruning reads only up to the acked
+//!   watermark (`store::prune`).
+
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod replicator;
+pub mod store;
+pub mod tls;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::replicator::{LinkStatus, Replicator};
+use crate::store::{Store, now_ms};
+
+/// How often acknowledged events past retention are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A failure that stops the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The store could not be opened.
+    #[error("opening the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// The cause.
+        source: store::StoreError,
+    },
+    /// The data directory could not be created.
+    #[error("creating data directory {dir}: {source}")]
+    DataDir {
+        /// The directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Runs the node on a bound HTTP listener until `shutdown` resolves, then stops
+/// gracefully: no new requests, the commit in flight finishes, QUIC closes with a reason.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let creds = tls::load(&config.ca, &config.cert, &config.key)?;
+    let dir = config.data_dir.display().to_string();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| NodeError::DataDir { dir: dir.clone(), source })?;
+    let store = Store::open(&config.data_dir, || StdRng::from_os_rng().random())
+        .map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
+    tracing::info!(
+        node_id = %creds.identity.node_id,
+        region = %creds.identity.region,
+        epoch = %store.epoch(),
+        relays = ?config.relays,
+        http = %config.http,
+        "node started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let link = Arc::new(Mutex::new(LinkStatus { addresses: config.relays.clone(), ..LinkStatus::default() }));
+    let replicator = Replicator {
+        store: store.clone(),
+        identity: creds.identity.clone(),
+        client_config: creds.client_config,
+        relays: config.relays.clone(),
+        link: link.clone(),
+    };
+    let replication = tokio::spawn(replicator.run(stop_rx.clone()));
+    let pruning = tokio::spawn(prune_loop(store.clone(), config.retention, stop_rx.clone()));
+
+    let config = Arc::new(config);
+    let app = http::router(http::AppState { store: store.clone(), config, identity: creds.identity, link });
+    let mut http_stop = stop_rx.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stop| *stop).await;
+        })
+        .into_future();
+    let served = tokio::spawn(served);
+    shutdown.await;
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let http_result = served.await;
+    let _ = replication.await;
+    let _ = pruning.await;
+    store.close();
+    tracing::info!("node stopped");
+    match http_result {
+        Ok(result) => result.map_err(NodeError::Http),
+        Err(e) => Err(NodeError::Http(std::io::Error::other(e))),
+    }
+}
+
+async fn prune_loop(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let before = now_ms().saturating_sub(retention.as_millis() as u64);
+        match store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "pruned acknowledged events past retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+        }
+    }
+}
+
+/// Renders `/v1/status` for a terminal.
+pub fn status_text(s: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let str_of = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut out = String::new();
+    let relay = &s["relay"];
+    let _ = writeln!(
+        out,
+        "node {} (region {}, epoch {})",
+        str_of(&s["node_id"]),
+        str_of(&s["region"]),
+        str_of(&s["epoch"])
+    );
+    let _ = writeln!(out, "relay {} via {}", str_of(&relay["state"]), relay["addresses"]);
+    if let Some(err) = relay["last_error"].as_str() {
+        let _ = writeln!(out, "  last error: {err}");
+    }
+    let _ =
+        writeln!(out, "{:<10} {:>10} {:>10} {:>10} {:>14}", "lane", "head", "acked", "backlog", "oldest age");
+    for lane in ["critical", "standard", "bulk"] {
+        let l = &s["lanes"][lane];
+        let age = l["oldest_unacked_age_ms"]
+            .as_u64()
+            .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1e3));
+        let _ = writeln!(
+            out,
+            "{lane:<10} {:>10} {:>10} {:>10} {age:>14}",
+            l["head_seq"], l["acked_seq"], l["backlog_events"]
+        );
+    }
+    let st = &s["store"];
+    let _ = writeln!(
+        out,
+        "store: {} events in {} commits, {} bytes on disk",
+        st["events_committed"], st["commits"], st["disk_bytes"]
+    );
+    out
+}

@@ -1,0 +1,212 @@
+//! Configuration of `outpost-node run`: flags, `OUTPOST_*` environment variables and a
+//! TOML file, in that order of precedence, then the defaults documented on each field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sync_protocol::{Kind, Lane};
+
+/// Default address of the scanners' HTTP API: loopback, so that exposing it to the site
+/// LAN is a deliberate choice.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// Default relay address.
+pub const DEFAULT_RELAY: &str = "127.0.0.1:4433";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "node-data";
+/// Default retention of acknowledged events: a week covers a long weekend's outage plus
+/// time to reconcile, and is also the idempotency window for scanner retries.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default largest request body: 1,000 events of about 1 KiB fit.
+pub const DEFAULT_BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Default most events in one array post (API.md).
+pub const DEFAULT_BATCH_EVENTS_MAX: usize = 1_000;
+
+/// A duration written as `7d`, `90s` or `250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Every setting, each optional so that the sources can be layered.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Directory of the store (created if missing). [default: ./node-data]
+    #[arg(long, env = "OUTPOST_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the scanners' HTTP API. [default: 127.0.0.1:8080]
+    #[arg(long, env = "OUTPOST_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Relay to replicate to, `host:port`; repeat for failover relays of the node's own
+    /// region (tried in order). [default: 127.0.0.1:4433]
+    #[arg(long, env = "OUTPOST_RELAY", value_name = "ADDR", value_delimiter = ',')]
+    pub relay: Option<Vec<String>>,
+    /// The deployment CA certificate (PEM) that issued the relay's certificate.
+    #[arg(long, env = "OUTPOST_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM); its `outpost://<region>/<node_id>` URI names the node.
+    #[arg(long, env = "OUTPOST_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "OUTPOST_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// How long acknowledged events are kept; also the window in which a retried
+    /// `event_id` is recognised. [default: 7d]
+    #[arg(long, env = "OUTPOST_RETENTION", value_name = "DURATION")]
+    pub retention: Option<HumanDuration>,
+    /// Largest request body in bytes. [default: 1048576]
+    #[arg(long, env = "OUTPOST_BODY_BYTES_MAX", value_name = "BYTES")]
+    pub body_bytes_max: Option<usize>,
+    /// Most events in one array post. [default: 1000]
+    #[arg(long, env = "OUTPOST_BATCH_EVENTS_MAX", value_name = "N")]
+    pub batch_events_max: Option<usize>,
+    /// Lane of each event kind, overriding the defaults (config file only), such as
+    /// `[lanes] transfer = "critical"`.
+    #[arg(skip)]
+    pub lanes: Option<BTreeMap<String, String>>,
+}
+
+impl Settings {
+    /// Fills what `self` leaves unset from `lower`.
+    pub fn or(self, lower: Settings) -> Settings {
+        Settings {
+            data_dir: self.data_dir.or(lower.data_dir),
+            http: self.http.or(lower.http),
+            relay: self.relay.or(lower.relay),
+            ca: self.ca.or(lower.ca),
+            cert: self.cert.or(lower.cert),
+            key: self.key.or(lower.key),
+            retention: self.retention.or(lower.retention),
+            body_bytes_max: self.body_bytes_max.or(lower.body_bytes_max),
+            batch_events_max: self.batch_events_max.or(lower.batch_events_max),
+            lanes: self.lanes.or(lower.lanes),
+        }
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })
+    }
+}
+
+/// A configuration that cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file is unreadable or not valid TOML for these settings.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A required setting has no value.
+    #[error("no {0} given: pass --{0} or set it in the config file")]
+    Missing(&'static str),
+    /// A setting has a value out of range.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Relays, in failover order.
+    pub relays: Vec<String>,
+    /// CA certificate file.
+    pub ca: PathBuf,
+    /// Node certificate file.
+    pub cert: PathBuf,
+    /// Node key file.
+    pub key: PathBuf,
+    /// Retention of acknowledged events.
+    pub retention: Duration,
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Most events per array post.
+    pub batch_events_max: usize,
+    /// Lane of each kind.
+    pub lanes: BTreeMap<Kind, Lane>,
+}
+
+impl Config {
+    /// Validates layered settings into a configuration, applying the defaults.
+    pub fn resolve(s: Settings) -> Result<Config, ConfigError> {
+        let invalid = |field, reason: String| ConfigError::Invalid { field, reason };
+        let http = match s.http {
+            Some(addr) => addr,
+            None => DEFAULT_HTTP.parse().map_err(|e| invalid("http", format!("{e}")))?,
+        };
+        let relays = s.relay.unwrap_or_else(|| vec![DEFAULT_RELAY.to_owned()]);
+        if relays.is_empty() {
+            return Err(invalid("relay", "at least one relay is needed".into()));
+        }
+        for relay in &relays {
+            split_host_port(relay).map_err(|reason| invalid("relay", reason))?;
+        }
+        let mut lanes: BTreeMap<Kind, Lane> = Kind::ALL.into_iter().map(|k| (k, k.default_lane())).collect();
+        for (kind, lane) in s.lanes.unwrap_or_default() {
+            let kind = kind.parse::<Kind>().map_err(|e| invalid("lanes", e.to_string()))?;
+            let lane = lane.parse::<Lane>().map_err(|e| invalid("lanes", e.to_string()))?;
+            lanes.insert(kind, lane);
+        }
+        let batch_events_max = s.batch_events_max.unwrap_or(DEFAULT_BATCH_EVENTS_MAX);
+        if batch_events_max == 0 {
+            return Err(invalid("batch_events_max", "must be at least 1".into()));
+        }
+        Ok(Config {
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            http,
+            relays,
+            ca: s.ca.ok_or(ConfigError::Missing("ca"))?,
+            cert: s.cert.ok_or(ConfigError::Missing("cert"))?,
+            key: s.key.ok_or(ConfigError::Missing("key"))?,
+            retention: s.retention.map_or(DEFAULT_RETENTION, |d| d.0),
+            body_bytes_max: s.body_bytes_max.unwrap_or(DEFAULT_BODY_BYTES_MAX),
+            batch_events_max,
+            lanes,
+        })
+    }
+}
+
+/// Splits `host:port` (with `[v6]:port` for IPv6) into the host, used as the TLS server
+/// name, and the port.
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port = port.parse::<u16>().map_err(|e| format!("{addr:?}: port {port:?}: {e}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{addr:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The scanners' HTTP API (API.md): `POST /v1/events`, `GET /v1/events/{event_id}`,
+//! `GET /v1/status`, `/healthz` and `/readyz`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity};
+
+use crate::config::Config;
+use crate::ingest::{IngestError, Posted, parse_body};
+use crate::replicator::SharedLink;
+use crate::store::{NewEvent, Outcome, Placement, Store, now_ms};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Who this node is.
+    pub identity: NodeIdentity,
+    /// The replication link's status.
+    pub link: SharedLink,
+}
+
+/// The router of the node's API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/events/{event_id}", get(get_event))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        // The body limit is enforced by `post_events` itself, so that an oversize body gets
+        // the API's JSON error rather than the framework's text.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code(), "message": self.to_string()});
+        if let Some(field) = self.field() {
+            body["field"] = json!(field);
+        }
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+async fn post_events(State(state): State<AppState>, body: Body) -> Result<Response, IngestError> {
+    let max = state.config.body_bytes_max;
+    let bytes = to_bytes(body, max).await.map_err(|_| IngestError::BodyTooLarge { max })?;
+    let epoch = state.store.epoch();
+    match parse_body(&bytes, state.config.batch_events_max)? {
+        Posted::Single(event) => {
+            let event = event?;
+            let id = event.event_id.clone();
+            let outcome = append(&state, vec![event]).await?.pop();
+            let Some(outcome) = outcome else {
+                return Err(IngestError::Unavailable("the store answered nothing".into()));
+            };
+            single_response(outcome, &id, epoch)
+        }
+        Posted::Many(items) => {
+            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+            let mut valid = Vec::new();
+            for (id, item) in items {
+                match item {
+                    Ok(event) => {
+                        valid.push(event);
+                        results.push(None);
+                    }
+                    Err(e) => results.push(Some(item_error(id.as_deref(), "invalid", &e))),
+                }
+            }
+            let ids: Vec<EventId> = valid.iter().map(|e| e.event_id.clone()).collect();
+            let mut outcomes = append(&state, valid).await?.into_iter().zip(ids);
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                if let Some((outcome, id)) = outcomes.next() {
+                    *slot = Some(item_result(outcome, &id, epoch));
+                }
+            }
+            Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
+        }
+    }
+}
+
+async fn append(state: &AppState, events: Vec<Event>) -> Result<Vec<Outcome>, IngestError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lanes = &state.config.lanes;
+    let events = events
+        .into_iter()
+        .map(|event| {
+            let lane = lanes.get(&event.kind).copied().unwrap_or_else(|| event.kind.default_lane());
+            NewEvent { event, lane }
+        })
+        .collect();
+    state.store.append(events).await.map_err(|e| IngestError::Unavailable(e.to_string()))
+}
+
+fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Value {
+    json!({
+        "event_id": id.as_str(),
+        "lane": p.lane.as_str(),
+        "seq": p.seq.get(),
+        "epoch": epoch.to_string(),
+        "received_at": rfc3339_ms(p.received_at_ms),
+        "duplicate": duplicate,
+    })
+}
+
+fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Response, IngestError> {
+    match outcome {
+        Outcome::Created(p) => Ok((StatusCode::CREATED, Json(accepted(id, p, epoch, false))).into_response()),
+        Outcome::Duplicate(p) => Ok((StatusCode::OK, Json(accepted(id, p, epoch, true))).into_response()),
+        Outcome::Conflict(_) => Err(IngestError::Conflict(id.to_string())),
+    }
+}
+
+fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> Value {
+    match outcome {
+        Outcome::Created(p) => with_status(accepted(id, p, epoch, false), "created"),
+        Outcome::Duplicate(p) => with_status(accepted(id, p, epoch, true), "duplicate"),
+        Outcome::Conflict(_) => {
+            item_error(Some(id.as_str()), "conflict", &IngestError::Conflict(id.to_string()))
+        }
+    }
+}
+
+fn with_status(mut v: Value, status: &str) -> Value {
+    v["status"] = json!(status);
+    v
+}
+
+fn item_error(id: Option<&str>, status: &str, e: &IngestError) -> Value {
+    let mut v = json!({"event_id": id, "status": status, "error": e.code(), "message": e.to_string()});
+    if let Some(field) = e.field() {
+        v["field"] = json!(field);
+    }
+    v
+}
+
+async fn get_event(State(state): State<AppState>, Path(event_id): Path<String>) -> Response {
+    let not_found = || {
+        let body = json!({"error": "not_found", "message": format!("no event with event_id {event_id:?}")});
+        (StatusCode::NOT_FOUND, Json(body)).into_response()
+    };
+    let Ok(id) = event_id.parse::<EventId>() else { return not_found() };
+    match state.store.get(&id) {
+        Ok(Some((p, record))) => {
+            let acked = p.seq.get() <= state.store.positions().borrow().get(p.lane).acked;
+            let mut body = accepted(&id, p, state.store.epoch(), false);
+            if let Some(map) = body.as_object_mut() {
+                map.remove("duplicate");
+            }
+            body["acked"] = json!(acked);
+            body["event"] = event_json(&record.event);
+            Json(body).into_response()
+        }
+        Ok(None) => not_found(),
+        Err(e) => IngestError::Unavailable(e.to_string()).into_response(),
+    }
+}
+
+/// The event as the scanner posted it.
+pub fn event_json(e: &Event) -> Value {
+    json!({
+        "event_id": e.event_id.as_str(), "kind": e.kind.as_str(), "sku": e.sku.as_str(),
+        "location": e.location.as_str(), "qty": e.qty, "occurred_at": e.occurred_at,
+        "device_id": e.device_id, "shipment_id": e.shipment_id, "order_id": e.order_id, "attrs": e.attrs,
+    })
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let positions = *state.store.positions().borrow();
+    let now = now_ms();
+    let mut lanes = serde_json::Map::new();
+    for lane in Lane::ALL {
+        let pos = positions.get(lane);
+        let oldest = match state.store.oldest_unacked_ms(lane) {
+            Ok(oldest) => oldest.map(|t| now.saturating_sub(t)),
+            Err(e) => return IngestError::Unavailable(e.to_string()).into_response(),
+        };
+        lanes.insert(
+            lane.as_str().to_owned(),
+            json!({
+                "head_seq": pos.head,
+                "acked_seq": pos.acked,
+                "backlog_events": pos.head - pos.acked,
+                "oldest_unacked_age_ms": oldest,
+            }),
+        );
+    }
+    let link = state.link.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let stats = state.store.stats();
+    Json(json!({
+        "node_id": state.identity.node_id.as_str(),
+        "region": state.identity.region.as_str(),
+        "epoch": state.store.epoch().to_string(),
+        "relay": link,
+        "lanes": lanes,
+        "store": {
+            "commits": stats.commits.load(Ordering::Relaxed),
+            "events_committed": stats.events.load(Ordering::Relaxed),
+            "disk_bytes": state.store.disk_bytes(),
+        },
+    }))
+    .into_response()
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 with milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,366 @@
+//! The replicator: a thin async shell around [`sync_protocol::Sender`] that dials the
+//! relay over QUIC, reads the batches the sender asks for from the store, writes them to
+//! one stream per lane, and feeds acknowledgements back.
+//!
+//! No protocol decision is made here: what to send, when to reconnect and what an ack
+//! means are the sender's. The shell owns the clock, the OS randomness for jitter, the
+//! sockets and the store reads.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use sync_protocol::wire::{self, FrameDecoder, close};
+use sync_protocol::{
+    Batch, Lane, Message, NodeIdentity, PerLane, ProtocolViolation, Refuse, Sender, SenderConfig,
+    SenderEvent, Transmit,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::split_host_port;
+use crate::store::{LanePosition, Store, StoreError};
+
+/// State of the link to the relay, as `/v1/status` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Waiting to dial again.
+    #[default]
+    Offline,
+    /// Dialling or in the handshake.
+    Connecting,
+    /// Welcomed by a relay.
+    Connected,
+}
+
+/// What the status page shows of replication.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkStatus {
+    /// The link's state.
+    pub state: LinkState,
+    /// Relay addresses, in failover order.
+    pub addresses: Vec<String>,
+    /// Name of the relay that welcomed the node last.
+    pub relay_id: Option<String>,
+    /// The last connection error or refusal, as one line.
+    pub last_error: Option<String>,
+    /// Successful handshakes since start.
+    pub connects: u64,
+    /// Refusals since start.
+    pub refusals: u64,
+}
+
+/// Shared link status.
+pub type SharedLink = Arc<Mutex<LinkStatus>>;
+
+/// Why a connection to the relay ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// The relay address did not resolve.
+    #[error("relay address {addr}: {reason}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// QUIC could not connect (unreachable, TLS failure).
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// What failed, with the TLS alert if any.
+        reason: String,
+    },
+    /// The connection failed after it was set up (timeout, closed by the relay).
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The relay sent bytes that are not a frame.
+    #[error("relay sent a bad frame: {0}")]
+    Decode(#[from] wire::DecodeError),
+    /// The relay broke the protocol.
+    #[error("relay broke the protocol: {0}")]
+    Violation(#[from] ProtocolViolation),
+    /// The relay refused this node.
+    #[error("relay {0}")]
+    Refused(Refuse),
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything the replicator needs.
+pub struct Replicator {
+    /// The store to read batches from and record acks in.
+    pub store: Store,
+    /// Who this node is.
+    pub identity: NodeIdentity,
+    /// QUIC client configuration with the node's certificate.
+    pub client_config: quinn::ClientConfig,
+    /// Relays in failover order.
+    pub relays: Vec<String>,
+    /// Status for the HTTP API.
+    pub link: SharedLink,
+}
+
+enum Ended {
+    Shutdown,
+}
+
+impl Replicator {
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let positions = *self.store.positions().borrow();
+        let heads = PerLane::from_fn(|lane| positions.get(lane).head);
+        let acked = PerLane::from_fn(|lane| positions.get(lane).acked);
+        let config = SenderConfig::new(self.identity.clone(), self.store.epoch());
+        let mut sender = Sender::new(config, heads, acked, Instant::now());
+        let mut rng = StdRng::from_os_rng();
+        let mut attempt = 0usize;
+        loop {
+            if let Some(at) = sender.poll_timeout() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+            sender.handle_timeout(Instant::now());
+            while sender.poll_event().is_some() {}
+            let addr = self.relays[attempt % self.relays.len()].clone();
+            self.set_link(|l| l.state = LinkState::Connecting);
+            let span = tracing::info_span!("relay", relay = %addr, epoch = %self.store.epoch());
+            let result = self.session(&mut sender, &addr, &mut shutdown).instrument(span).await;
+            match result {
+                Ok(Ended::Shutdown) => return,
+                Err(e) => {
+                    match &e {
+                        ReplicateError::Refused(refuse) => {
+                            tracing::error!(relay = %addr, reason = refuse.reason.as_str(), "{refuse}");
+                            self.set_link(|l| l.refusals += 1);
+                        }
+                        _ => tracing::warn!(relay = %addr, error = %e, "replication link down"),
+                    }
+                    let line = e.to_string();
+                    self.set_link(|l| {
+                        l.state = LinkState::Offline;
+                        l.last_error = Some(line);
+                    });
+                    attempt += 1;
+                }
+            }
+            sender.handle_disconnected(Instant::now(), &mut rng);
+        }
+    }
+
+    async fn session(
+        &self,
+        sender: &mut Sender,
+        addr: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, ReplicateError> {
+        let (endpoint, conn) = self.connect(addr).await?;
+        let result = self.drive(sender, &conn, shutdown).await;
+        let (code, reason): (u32, &[u8]) = match &result {
+            Ok(Ended::Shutdown) => (close::SHUTDOWN, b"node shutting down"),
+            Err(ReplicateError::Decode(_)) => (close::DECODE_ERROR, b"bad frame"),
+            Err(ReplicateError::Violation(_)) => (close::PROTOCOL_VIOLATION, b"protocol violation"),
+            Err(_) => (close::SHUTDOWN, b"closing"),
+        };
+        conn.close(code.into(), reason);
+        endpoint.close(code.into(), reason);
+        // Give the close frame a moment to leave; a relay that is gone does not answer.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), endpoint.wait_idle()).await;
+        result
+    }
+
+    async fn connect(&self, addr: &str) -> Result<(quinn::Endpoint, quinn::Connection), ReplicateError> {
+        let resolve = |reason: String| ReplicateError::Resolve { addr: addr.to_owned(), reason };
+        let (host, _) = split_host_port(addr).map_err(resolve)?;
+        let remote: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| resolve(e.to_string()))?
+            .next()
+            .ok_or_else(|| resolve("no addresses".into()))?;
+        let local: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|e| resolve(format!("{e}")))?;
+        let connect_err = |reason: String| ReplicateError::Connect { addr: addr.to_owned(), reason };
+        let endpoint = quinn::Endpoint::client(local).map_err(|e| connect_err(e.to_string()))?;
+        let connecting = endpoint
+            .connect_with(self.client_config.clone(), remote, &host)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| connect_err(e.to_string()))?;
+        Ok((endpoint, conn))
+    }
+
+    async fn drive(
+        &self,
+        sender: &mut Sender,
+        conn: &quinn::Connection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, ReplicateError> {
+        let lost = |e: quinn::ConnectionError| ReplicateError::Lost(e.to_string());
+        let (mut control_send, control_recv) = conn.open_bi().await.map_err(lost)?;
+        let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+        tokio::spawn(read_frames(control_recv, inbox_tx.clone()));
+        let mut positions = self.store.positions();
+        // The Hello carries the heads; they must be current, or a relay watermark past a
+        // stale head would look like a relay that is ahead of the node.
+        for (lane, pos) in positions.borrow_and_update().iter() {
+            sender.handle_appended(lane, pos.head);
+        }
+        sender.handle_connected(Instant::now());
+        let mut lanes: PerLane<Option<quinn::SendStream>> = PerLane::default();
+        loop {
+            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx).await?;
+            self.handle_events(sender).await?;
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(Ok(msg)) => sender.handle_message(msg, Instant::now())?,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ReplicateError::Lost("streams closed".into())),
+                },
+                changed = positions.changed() => {
+                    if changed.is_err() {
+                        return Err(ReplicateError::Store(StoreError::Closed));
+                    }
+                    let now: PerLane<LanePosition> = *positions.borrow_and_update();
+                    for (lane, pos) in now.iter() {
+                        sender.handle_appended(lane, pos.head);
+                    }
+                }
+                e = conn.closed() => return Err(connection_closed(e)),
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(Ended::Shutdown),
+            }
+        }
+    }
+
+    /// Writes everything the sender wants sent.
+    async fn flush(
+        &self,
+        sender: &mut Sender,
+        conn: &quinn::Connection,
+        control: &mut quinn::SendStream,
+        lanes: &mut PerLane<Option<quinn::SendStream>>,
+        inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
+    ) -> Result<(), ReplicateError> {
+        let write_err = |e: quinn::WriteError| ReplicateError::Lost(e.to_string());
+        while let Some(transmit) = sender.poll_transmit() {
+            match transmit {
+                Transmit::Control(msg) => control.write_all(&msg.encode()).await.map_err(write_err)?,
+                Transmit::Batch { lane, first_seq, count } => {
+                    let store = self.store.clone();
+                    let events =
+                        tokio::task::spawn_blocking(move || store.read_range(lane, first_seq, count))
+                            .await
+                            .map_err(|e| ReplicateError::Lost(format!("store read task: {e}")))??;
+                    if events.len() != count as usize {
+                        return Err(ReplicateError::Store(StoreError::CommitFailed(format!(
+                            "lane {lane} seqs {first_seq}.. are no longer in the store (pruned); \
+                             the relay lost them and they cannot be resent"
+                        ))));
+                    }
+                    let stream = match lanes.get_mut(lane) {
+                        Some(stream) => stream,
+                        slot => slot.insert(open_lane(conn, lane, inbox).await?),
+                    };
+                    let frame = Message::Batch(Batch { lane, first_seq, events }).encode();
+                    stream.write_all(&frame).await.map_err(write_err)?;
+                }
+            }
+        }
+        control.flush().await.map_err(|e| ReplicateError::Lost(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn handle_events(&self, sender: &mut Sender) -> Result<(), ReplicateError> {
+        while let Some(event) = sender.poll_event() {
+            match event {
+                SenderEvent::Connect => {}
+                SenderEvent::Welcomed { relay_id } => {
+                    tracing::info!(relay_id = %relay_id, "relay welcomed this node");
+                    self.set_link(|l| {
+                        l.state = LinkState::Connected;
+                        l.relay_id = Some(relay_id);
+                        l.last_error = None;
+                        l.connects += 1;
+                    });
+                }
+                SenderEvent::Acked { lane, through } => self.store.record_ack(lane, through).await?,
+                SenderEvent::Refused(refuse) => return Err(ReplicateError::Refused(refuse)),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_link(&self, f: impl FnOnce(&mut LinkStatus)) {
+        f(&mut self.link.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// Opens the stream of `lane` with its priority and starts reading its acks.
+async fn open_lane(
+    conn: &quinn::Connection,
+    lane: Lane,
+    inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
+) -> Result<quinn::SendStream, ReplicateError> {
+    let (send, recv) = conn.open_bi().await.map_err(|e| ReplicateError::Lost(e.to_string()))?;
+    // Higher numbers are sent first: critical before standard before bulk.
+    let priority = match lane {
+        Lane::Critical => 2,
+        Lane::Standard => 1,
+        Lane::Bulk => 0,
+    };
+    send.set_priority(priority).map_err(|e| ReplicateError::Lost(e.to_string()))?;
+    tokio::spawn(
+        read_frames(recv, inbox.clone()).instrument(tracing::debug_span!("lane", lane = lane.as_str())),
+    );
+    Ok(send)
+}
+
+/// Reads frames from a stream into the session's inbox until the stream ends.
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    inbox: mpsc::UnboundedSender<Result<Message, ReplicateError>>,
+) {
+    let mut decoder = FrameDecoder::new(wire::FRAME_BYTES_MAX);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => decoder.push(&buf[..n]),
+            Ok(None) => return,
+            Err(e) => {
+                let _ = inbox.send(Err(ReplicateError::Lost(e.to_string())));
+                return;
+            }
+        }
+        loop {
+            match decoder.next_message() {
+                Ok(Some(msg)) => {
+                    if inbox.send(Ok(msg)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = inbox.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn connection_closed(e: quinn::ConnectionError) -> ReplicateError {
+    if let quinn::ConnectionError::ApplicationClosed(close) = &e
+        && close.error_code.into_inner() == u64::from(close::REFUSED)
+    {
+        return ReplicateError::Lost(format!("relay refused: {}", String::from_utf8_lossy(&close.reason)));
+    }
+    ReplicateError::Lost(e.to_string())
+}
