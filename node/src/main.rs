@@ -20,9 +20,9 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node daemon. Every flag can also be set as OUTPOST_<FLAG> in the
-    /// environment or in the config file; a flag wins over the environment, which wins
-    /// over the file.
+    /// Run the node daemon. Every flag can also be set in the environment (OUTPOST_DATA_DIR
+    /// for --data-dir, and so on) or in the config file; a flag wins over the environment,
+    /// which wins over the file.
     Run {
         /// TOML config file with any of the settings below.
         #[arg(long, env = "OUTPOST_CONFIG", value_name = "FILE")]

@@ -19,7 +19,7 @@
 //! by its watermark, and the relay's Welcome corrects the value on reconnect.
 //!
 //! # Group commit
-//! Request handlers send [`Command`]s to one writer thread. The writer takes the first
+//! Request handlers send commands to one writer thread. The writer takes the first
 //! command, then everything else already queued (up to [`GROUP_EVENTS_MAX`] events), and
 //! applies all of it in one transaction: one fsync for the whole group.
 
