@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sync_protocol::{NodeIdentity, ParseError};
+use sync_protocol::NodeIdentity;
 
 /// QUIC keep-alive: well under the idle timeout, so an idle but healthy link stays up.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(4);
@@ -98,21 +98,5 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The node identity in a certificate's `outpost://` URI SAN.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<NodeIdentity, String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| e.to_string())?;
-    let san = parsed
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .ok_or("no subject alternative names")?;
-    let uris = san.value.general_names.iter().filter_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
-        _ => None,
-    });
-    let mut last_error = ParseError { what: "node uri", reason: "no outpost:// uri".into() };
-    for uri in uris {
-        match NodeIdentity::from_uri(uri) {
-            Ok(identity) => return Ok(identity),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(last_error.to_string())
+    sync_protocol::cert::identity_of(cert.as_ref()).map_err(|e| e.to_string())
 }

@@ -24,6 +24,7 @@ pub const QTY_ABS_MAX: i64 = 1_000_000_000;
 
 /// What happened to the stock. Each kind has a default lane and an inventory meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A telemetry scan: no stock change.
     Scan,
@@ -136,7 +137,9 @@ impl Event {
     /// Decoding from the wire runs this too, so a peer cannot smuggle in what a scanner
     /// could not post.
     pub fn validate(&self) -> Result<(), ParseError> {
-        if self.qty.abs() > QTY_ABS_MAX {
+        // `unsigned_abs`, because `i64::MIN.abs()` overflows: a peer must not be able to
+        // panic the decoder with it.
+        if self.qty.unsigned_abs() > QTY_ABS_MAX.unsigned_abs() {
             return Err(ParseError::new("qty", format!("{} is beyond ±{QTY_ABS_MAX}", self.qty)));
         }
         if self.qty < 0 && !self.kind.allows_negative_qty() {

@@ -30,6 +30,8 @@
 //! assert_eq!(sender.poll_transmit(), None);
 //! ```
 
+#[cfg(feature = "x509")]
+pub mod cert;
 pub mod event;
 pub mod ids;
 pub mod receiver;

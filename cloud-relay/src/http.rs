@@ -1,0 +1,141 @@
+//! The consumers' HTTP API (API.md): `GET /v1/log`, `GET /v1/nodes`, `/healthz` and
+//! `/readyz`.
+//!
+//! The log is the relay's single order of everything it stored: offsets are dense from
+//! 0, and a consumer that remembers `next` reads each event once. `wait_ms` turns a read
+//! at the end of the log into a long poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::server::Shared;
+use crate::store::{LogEntry, StoreError};
+
+/// Entries per `/v1/log` answer when `limit` is not given.
+pub const LOG_LIMIT_DEFAULT: usize = 1_000;
+/// Most entries per `/v1/log` answer.
+pub const LOG_LIMIT_MAX: usize = 10_000;
+/// Longest long poll.
+pub const WAIT_MS_MAX: u64 = 30_000;
+
+/// The router of the relay's API.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/log", get(log))
+        .route("/v1/nodes", get(nodes))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .with_state(shared)
+}
+
+/// An API error: `{"error": code, "message": text}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query parameter is out of range or malformed.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The store could not be read.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        (status, Json(json!({"error": code, "message": self.to_string()}))).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+async fn log(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let from = q.from.unwrap_or(0);
+    let limit = q.limit.unwrap_or(LOG_LIMIT_DEFAULT);
+    if limit == 0 || limit > LOG_LIMIT_MAX {
+        return Err(ApiError::BadQuery(format!("limit must be 1 to {LOG_LIMIT_MAX}")));
+    }
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > WAIT_MS_MAX {
+        return Err(ApiError::BadQuery(format!("wait_ms must be at most {WAIT_MS_MAX}")));
+    }
+    if wait_ms > 0 {
+        let mut next = shared.store.next_offset();
+        // Either something past `from` arrives, or the wait ends with an empty answer.
+        let _ = tokio::time::timeout(Duration::from_millis(wait_ms), next.wait_for(|n| *n > from)).await;
+    }
+    let store = shared.store.clone();
+    let entries = tokio::task::spawn_blocking(move || store.read_log(from, limit))
+        .await
+        .map_err(|e| ApiError::Store(StoreError::CommitFailed(format!("read task: {e}"))))??;
+    let next = entries.last().map_or(from, |(offset, _)| offset + 1);
+    let events: Vec<Value> = entries.iter().map(|(offset, entry)| log_json(*offset, entry)).collect();
+    Ok(Json(json!({"events": events, "next": next})).into_response())
+}
+
+/// One log entry as consumers see it: where it came from, then the event's own fields.
+fn log_json(offset: u64, e: &LogEntry) -> Value {
+    let mut v = serde_json::to_value(&e.record.event).unwrap_or_else(|_| json!({}));
+    if let Value::Object(fields) = &mut v {
+        let key = format!("{}/{}/{}/{}", e.node_id, e.epoch, e.lane.as_str(), e.seq);
+        fields.insert("offset".into(), json!(offset));
+        fields.insert("key".into(), json!(key));
+        fields.insert("node_id".into(), json!(e.node_id.as_str()));
+        fields.insert("epoch".into(), json!(e.epoch.to_string()));
+        fields.insert("lane".into(), json!(e.lane.as_str()));
+        fields.insert("seq".into(), json!(e.seq));
+        fields.insert("received_at".into(), json!(rfc3339_ms(e.record.received_at_ms)));
+    }
+    v
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    let store = shared.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.nodes())
+        .await
+        .map_err(|e| ApiError::Store(StoreError::CommitFailed(format!("read task: {e}"))))??;
+    let nodes: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let streams: Vec<Value> = row
+                .streams
+                .iter()
+                .map(|s| json!({"epoch": s.epoch.to_string(), "lane": s.lane.as_str(), "watermark": s.watermark}))
+                .collect();
+            json!({
+                "node_id": row.node_id.as_str(),
+                "region": row.seen.region.as_str(),
+                "connected": shared.connections.is_connected(&row.node_id),
+                "last_seen": rfc3339_ms(row.seen.last_seen_ms),
+                "streams": streams,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"nodes": nodes})).into_response())
+}
+
+/// Formats ms since the Unix epoch as RFC 3339 with milliseconds.
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}

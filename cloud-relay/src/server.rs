@@ -1,0 +1,409 @@
+//! The QUIC side of the relay: accept node connections, learn who they are from their
+//! certificates, and drive one [`Receiver`] per connection against the store.
+//!
+//! Per connection: the first stream the node opens is the control stream, carrying its
+//! Hello and the relay's Welcome or Refuse; every further stream carries one lane's
+//! batches one way and that lane's Acks and Resyncs the other. Readers decode frames into
+//! one channel, so the connection's task sees everything in order of arrival and owns the
+//! state machine alone. Commits are queued to the store without waiting, which keeps
+//! several batches in flight; their outcomes come back in commit order, and only then is
+//! anything acknowledged.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sync_protocol::wire::{FrameDecoder, close};
+use sync_protocol::{
+    DecodeError, Epoch, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation, Receiver,
+    ReceiverConfig, Refuse,
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument;
+
+use crate::store::{Committed, Store, StoreError};
+use crate::tls::peer_identity;
+
+/// How long a node has to send its Hello after connecting.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames buffered between a connection's stream readers and its task; when full, the
+/// readers stop reading and QUIC flow control holds the node back.
+const INBOX_FRAMES: usize = 32;
+
+/// What the relay knows about its live connections, for `/v1/nodes`.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    live: Mutex<BTreeMap<NodeId, (u64, quinn::Connection)>>,
+}
+
+impl Connections {
+    /// Whether `node_id` has a welcomed connection now.
+    pub fn is_connected(&self, node_id: &NodeId) -> bool {
+        self.lock().contains_key(node_id)
+    }
+
+    /// Registers a welcomed connection and closes the one it replaces, if any: a node
+    /// that reconnects before its old connection timed out must not be served twice.
+    fn register(&self, node_id: &NodeId, conn: &quinn::Connection) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, old)) = self.lock().insert(node_id.clone(), (id, conn.clone())) {
+            tracing::info!(node = %node_id, "a newer connection of this node supersedes the old one");
+            old.close(close::REFUSED.into(), b"superseded: this node connected again");
+        }
+        id
+    }
+
+    fn unregister(&self, node_id: &NodeId, id: u64) {
+        let mut live = self.lock();
+        if live.get(node_id).is_some_and(|(current, _)| *current == id) {
+            live.remove(node_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (u64, quinn::Connection)>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Everything connections share.
+pub struct Shared {
+    /// The store.
+    pub store: Store,
+    /// The relay's name, region and limits.
+    pub receiver: ReceiverConfig,
+    /// Live connections.
+    pub connections: Connections,
+}
+
+/// Accepts connections until `shutdown` turns true, then closes every connection with
+/// [`close::SHUTDOWN`] and waits (briefly) for the close to reach the nodes.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    connections_max: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(connections_max));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = stopped(&mut shutdown) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(incoming, shared, shutdown).await;
+            drop(slot);
+        });
+    }
+    endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Why a connection ended, and the close code the node gets.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
+    #[error("refused ({}): {}", .0.reason.as_str(), .0.message)]
+    Refused(Refuse),
+    #[error("bad frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol violation: {0}")]
+    Violation(#[from] ProtocolViolation),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("relay shutting down")]
+    Shutdown,
+}
+
+impl ConnError {
+    fn close_code(&self) -> u32 {
+        match self {
+            ConnError::Refused(_) => close::REFUSED,
+            ConnError::Decode(_) => close::DECODE_ERROR,
+            ConnError::HelloTimeout | ConnError::Violation(_) => close::PROTOCOL_VIOLATION,
+            ConnError::Store(_) => close::STORE_FAILED,
+            ConnError::Lost(_) | ConnError::Shutdown => close::SHUTDOWN,
+        }
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // Wrong CA, expired or revoked-by-rotation certificates end here.
+            tracing::warn!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let identity = match peer_identity(&conn) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            tracing::warn!(%remote, %reason, "certificate names no node; closing");
+            conn.close(close::REFUSED.into(), format!("identity_mismatch: {reason}").as_bytes());
+            return;
+        }
+    };
+    let span = tracing::info_span!("conn", node = %identity, %remote);
+    async move {
+        tracing::info!("connected");
+        let mut session = Session::new(conn.clone(), identity, shared.clone(), remote);
+        let result = session.run(shutdown).await;
+        shared.connections.unregister(&session.identity.node_id, session.registered);
+        let error = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        match &error {
+            ConnError::Lost(_) => tracing::info!(%error, "disconnected"),
+            ConnError::Shutdown => {}
+            ConnError::Refused(refuse) => tracing::warn!(reason = refuse.reason.as_str(), "{error}"),
+            _ => tracing::warn!(%error, "closing the connection"),
+        }
+        let reason = error.to_string();
+        conn.close(error.close_code().into(), &reason.as_bytes()[..reason.len().min(512)]);
+    }
+    .instrument(span)
+    .await;
+}
+
+enum Inbound {
+    /// The node opened stream `index`; `send` is its half for our answers.
+    Opened { index: usize, send: quinn::SendStream },
+    /// A frame arrived on stream `index`.
+    Frame { index: usize, msg: Message },
+    /// A stream failed: a bad frame, or the connection went away.
+    Failed(ConnError),
+}
+
+struct Session {
+    conn: quinn::Connection,
+    identity: NodeIdentity,
+    shared: Arc<Shared>,
+    receiver: Receiver,
+    /// Send halves by stream index; 0 is control.
+    streams: Vec<Option<quinn::SendStream>>,
+    /// The stream each lane's batches arrive on, where its Acks go back.
+    lanes: PerLane<Option<usize>>,
+    registered: u64,
+    remote: SocketAddr,
+}
+
+impl Session {
+    fn new(conn: quinn::Connection, identity: NodeIdentity, shared: Arc<Shared>, remote: SocketAddr) -> Self {
+        let receiver = Receiver::new(shared.receiver.clone(), identity.clone());
+        Session {
+            conn,
+            identity,
+            shared,
+            receiver,
+            streams: Vec::new(),
+            lanes: PerLane::default(),
+            registered: u64::MAX,
+            remote,
+        }
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ConnError> {
+        let (inbox_tx, mut inbox) = mpsc::channel(INBOX_FRAMES);
+        tokio::spawn(accept_streams(
+            self.conn.clone(),
+            self.shared.receiver.limits.frame_bytes_max,
+            inbox_tx,
+        ));
+        let epoch = tokio::time::timeout(HELLO_TIMEOUT, self.handshake(&mut inbox))
+            .await
+            .map_err(|_| ConnError::HelloTimeout)??;
+        let (replies, mut committed) = mpsc::unbounded_channel::<Committed>();
+        loop {
+            tokio::select! {
+                inbound = inbox.recv() => {
+                    let inbound = inbound.ok_or_else(|| ConnError::Lost("streams ended".into()))?;
+                    self.on_inbound(inbound, epoch, &replies).await?;
+                }
+                done = committed.recv() => {
+                    // `replies` is held here, so the channel never ends while we run.
+                    let Some(done) = done else { continue };
+                    done.result?;
+                    self.receiver.handle_committed(done.lane, done.through);
+                }
+                e = self.conn.closed() => return Err(ConnError::Lost(e.to_string())),
+                () = stopped(&mut shutdown) => return Err(ConnError::Shutdown),
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Reads the Hello, answers it, and registers the connection if welcomed.
+    async fn handshake(&mut self, inbox: &mut mpsc::Receiver<Inbound>) -> Result<Epoch, ConnError> {
+        let hello = loop {
+            match inbox.recv().await.ok_or_else(|| ConnError::Lost("closed before hello".into()))? {
+                Inbound::Opened { index, send } => self.opened(index, send),
+                Inbound::Frame { index: 0, msg: Message::Hello(hello) } => break hello,
+                Inbound::Frame { .. } => return Err(ProtocolViolation::Unexpected("expected hello").into()),
+                Inbound::Failed(error) => return Err(error),
+            }
+        };
+        let stored = self.shared.store.watermarks(&self.identity.node_id, hello.epoch)?;
+        let epoch = hello.epoch;
+        match self.receiver.handle_hello(hello, stored) {
+            Ok(epoch) => {
+                self.flush().await?;
+                self.registered = self.shared.connections.register(&self.identity.node_id, &self.conn);
+                self.shared.store.seen(self.identity.clone()).await?;
+                tracing::info!(%epoch, critical = stored.get(Lane::Critical), standard = stored.get(Lane::Standard),
+                    bulk = stored.get(Lane::Bulk), "welcomed");
+                Ok(epoch)
+            }
+            Err(refuse) => {
+                // Send the Refuse so the node can log why, then give it a moment to read it.
+                let _ = self.flush().await;
+                if let Some(Some(control)) = self.streams.first_mut() {
+                    let _ = control.finish();
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
+                tracing::debug!(%epoch, remote = %self.remote, "refused hello");
+                Err(ConnError::Refused(refuse))
+            }
+        }
+    }
+
+    async fn on_inbound(
+        &mut self,
+        inbound: Inbound,
+        epoch: Epoch,
+        replies: &mpsc::UnboundedSender<Committed>,
+    ) -> Result<(), ConnError> {
+        match inbound {
+            Inbound::Opened { index, send } => self.opened(index, send),
+            Inbound::Frame { index, msg: Message::Batch(batch) } => {
+                let lane = batch.lane;
+                match *self.lanes.get(lane) {
+                    None => *self.lanes.get_mut(lane) = Some(index),
+                    Some(known) if known != index => {
+                        // A lane moved to a new stream (the node reopened it): answer there.
+                        tracing::debug!(
+                            lane = lane.as_str(),
+                            from = known,
+                            to = index,
+                            "lane stream replaced"
+                        );
+                        *self.lanes.get_mut(lane) = Some(index);
+                    }
+                    Some(_) => {}
+                }
+                if let Some(accepted) = self.receiver.handle_batch(batch)? {
+                    tracing::trace!(lane = lane.as_str(), first = %accepted.first_seq, n = accepted.records.len(), "batch");
+                    self.shared
+                        .store
+                        .append(
+                            self.identity.clone(),
+                            epoch,
+                            accepted.lane,
+                            accepted.first_seq,
+                            accepted.records,
+                            replies.clone(),
+                        )
+                        .await?;
+                }
+            }
+            Inbound::Frame { .. } => {
+                return Err(ProtocolViolation::Unexpected("only batches after hello").into());
+            }
+            Inbound::Failed(error) => return Err(error),
+        }
+        Ok(())
+    }
+
+    fn opened(&mut self, index: usize, send: quinn::SendStream) {
+        if self.streams.len() <= index {
+            self.streams.resize_with(index + 1, || None);
+        }
+        self.streams[index] = Some(send);
+    }
+
+    /// Writes what the receiver wants sent: Welcome and Refuse on the control stream,
+    /// Acks and Resyncs on their lane's stream.
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        while let Some(msg) = self.receiver.poll_transmit() {
+            let index = match &msg {
+                Message::Ack(ack) => self.lanes.get(ack.lane).unwrap_or(0),
+                Message::Resync(resync) => self.lanes.get(resync.lane).unwrap_or(0),
+                _ => 0,
+            };
+            let Some(Some(stream)) = self.streams.get_mut(index) else {
+                return Err(ConnError::Lost(format!("stream {index} is gone")));
+            };
+            stream.write_all(&msg.encode()).await.map_err(|e| ConnError::Lost(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Accepts the node's streams for the life of the connection, numbering them in order:
+/// 0 is the control stream.
+async fn accept_streams(conn: quinn::Connection, frame_bytes_max: u32, inbox: mpsc::Sender<Inbound>) {
+    for index in 0.. {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                let _ = inbox.send(Inbound::Failed(ConnError::Lost(e.to_string()))).await;
+                return;
+            }
+        };
+        if inbox.send(Inbound::Opened { index, send }).await.is_err() {
+            return;
+        }
+        let decoder = FrameDecoder::new(frame_bytes_max as usize);
+        let span = tracing::debug_span!("stream", index);
+        tokio::spawn(read_stream(recv, decoder, index, inbox.clone()).instrument(span));
+    }
+}
+
+/// Decodes one stream's frames into the connection's inbox until it ends or fails.
+async fn read_stream(
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    index: usize,
+    inbox: mpsc::Sender<Inbound>,
+) {
+    let error = 'read: loop {
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return,
+            Err(e) => break 'read ConnError::Lost(e.to_string()),
+        };
+        decoder.push(&chunk.bytes);
+        loop {
+            match decoder.next_message() {
+                Ok(Some(msg)) => {
+                    if inbox.send(Inbound::Frame { index, msg }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => continue 'read,
+                Err(e) => break 'read ConnError::Decode(e),
+            }
+        }
+    };
+    let _ = inbox.send(Inbound::Failed(error)).await;
+}

@@ -1,0 +1,477 @@
+//! The relay's durable store: one redb file, one writer thread doing group commit, and
+//! the ordered consumer log.
+//!
+//! # Tables
+//! | table | key | value | written by |
+//! |---|---|---|---|
+//! | `meta` | `&str` name | `u64` | creation (`format_version`, `created_at_ms`) |
+//! | `log` | `u64` offset | postcard [`LogEntry`] | append |
+//! | `watermarks` | `(&str node_id, u64 epoch, u8 lane)` | `u64` highest seq stored | append |
+//! | `nodes` | `&str` node_id | postcard [`NodeSeen`] | append, hello |
+//!
+//! # Commit points
+//! An append and the new watermark of its `(node_id, epoch, lane)` are one write
+//! transaction with [`Durability::Immediate`]: the log never holds an event that its
+//! watermark does not cover, and an acknowledgement (sent only after the reply) never
+//! covers an event that a crash could take back.
+//!
+//! # Exactly once
+//! The connection's [`sync_protocol::Receiver`] already skips what the relay has, but two
+//! connections of one node can overlap for a moment (a reconnect while the old one's
+//! commit is queued). So the writer checks again inside the transaction: a batch's prefix
+//! at or below the stored watermark is dropped, and a batch that would leave a gap is
+//! refused. A watermark therefore never moves backwards and the log never holds a seq
+//! twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Seq};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// File name of the store inside the data directory.
+pub const STORE_FILE: &str = "relay.redb";
+/// On-disk format; a store of another version is refused rather than misread.
+pub const FORMAT_VERSION: u64 = 1;
+/// Most commands the writer puts in one transaction: with batches of at most 512 events,
+/// about 32,000 events per fsync at most.
+pub const GROUP_COMMANDS_MAX: usize = 64;
+/// Commands queued for the writer before senders wait (backpressure to connections).
+pub const QUEUE_COMMANDS_MAX: usize = 1024;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const WATERMARKS: TableDefinition<(&str, u64, u8), u64> = TableDefinition::new("watermarks");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (disk full, IO error, corruption it detected).
+    #[error("store: {0}")]
+    Redb(#[from] redb::Error),
+    /// The file is of another format version.
+    #[error("{path} has format version {found}; this relay reads version {FORMAT_VERSION}")]
+    FormatVersion {
+        /// The store file.
+        path: PathBuf,
+        /// Its version.
+        found: u64,
+    },
+    /// A stored value does not decode.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A batch would leave a gap after the stored watermark.
+    #[error("{stream}: batch starts at seq {first_seq} but the store holds through {watermark}")]
+    Gap {
+        /// `node_id/epoch/lane`.
+        stream: String,
+        /// Where the batch starts.
+        first_seq: u64,
+        /// What the store holds.
+        watermark: u64,
+    },
+    /// The commit of the group failed; nothing of it is stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The writer thread is gone (shutdown, or a previous fatal error).
+    #[error("store is closed")]
+    Closed,
+}
+
+fn db(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb(e.into())
+}
+
+/// One event of the consumer log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The node that accepted it.
+    pub node_id: NodeId,
+    /// The node store's epoch.
+    pub epoch: Epoch,
+    /// Its lane.
+    pub lane: Lane,
+    /// Its seq in `(node_id, epoch, lane)`.
+    pub seq: u64,
+    /// The event and the node's acceptance time.
+    pub record: Record,
+}
+
+/// What the relay knows of a node between connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSeen {
+    /// The region its certificate names.
+    pub region: Region,
+    /// Last hello or batch, ms since the Unix epoch by the relay's clock.
+    pub last_seen_ms: u64,
+}
+
+/// The durable watermark of one `(epoch, lane)` stream of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamMark {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The lane.
+    pub lane: Lane,
+    /// Highest seq stored.
+    pub watermark: u64,
+}
+
+/// A node as `/v1/nodes` lists it.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its last known state.
+    pub seen: NodeSeen,
+    /// Its streams.
+    pub streams: Vec<StreamMark>,
+}
+
+/// The result of one append, sent once its group has committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// The lane.
+    pub lane: Lane,
+    /// The last seq of the batch: everything through it is now durable.
+    pub through: Seq,
+    /// The commit's outcome.
+    pub result: Result<(), StoreError>,
+}
+
+/// Where the writer sends a connection's [`Committed`] replies, in commit order.
+pub type CommitReplies = mpsc::UnboundedSender<Committed>;
+
+enum Command {
+    Append {
+        node: NodeIdentity,
+        epoch: Epoch,
+        lane: Lane,
+        first_seq: Seq,
+        records: Vec<Record>,
+        reply: CommitReplies,
+    },
+    Seen {
+        node: NodeIdentity,
+    },
+    /// Answered once everything queued before it has committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters of the writer, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Write transactions that appended at least one event.
+    pub commits: AtomicU64,
+    /// Events appended to the log.
+    pub events: AtomicU64,
+    /// Events dropped as already stored (overlapping retransmissions).
+    pub skipped: AtomicU64,
+}
+
+/// A handle to the store: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    commands: mpsc::Sender<Command>,
+    next_offset: watch::Receiver<u64>,
+    stats: Arc<WriterStats>,
+}
+
+impl Store {
+    /// Opens the store in `dir` (creating it if missing) and starts the writer thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(STORE_FILE);
+        let database = Database::create(&path).map_err(db)?;
+        init_meta(&database, &path)?;
+        let next = load_next_offset(&database)?;
+        let database = Arc::new(database);
+        let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        let (next_tx, next_offset) = watch::channel(next);
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer { db: database.clone(), next_offset: next_tx, stats: stats.clone() };
+        std::thread::Builder::new()
+            .name("relay-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| db(redb::StorageError::from(e)))?;
+        Ok(Store { db: database, commands, next_offset, stats })
+    }
+
+    /// Queues a batch for the next group commit; the outcome arrives on `reply` after
+    /// the commit, in the order batches were queued.
+    pub async fn append(
+        &self,
+        node: NodeIdentity,
+        epoch: Epoch,
+        lane: Lane,
+        first_seq: Seq,
+        records: Vec<Record>,
+        reply: CommitReplies,
+    ) -> Result<(), StoreError> {
+        let command = Command::Append { node, epoch, lane, first_seq, records, reply };
+        self.commands.send(command).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Records that `node` was seen now (a hello). Best effort: durable with the next
+    /// appending commit.
+    pub async fn seen(&self, node: NodeIdentity) -> Result<(), StoreError> {
+        self.commands.send(Command::Seen { node }).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything queued so far has been committed: the last step of a
+    /// graceful shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The stored watermarks of `(node_id, epoch)`, 0 for lanes never seen.
+    pub fn watermarks(&self, node_id: &NodeId, epoch: Epoch) -> Result<PerLane<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(WATERMARKS).map_err(db)?;
+        let mut marks = PerLane::<u64>::default();
+        for lane in Lane::ALL {
+            if let Some(v) = table.get((node_id.as_str(), epoch.0, lane as u8)).map_err(db)? {
+                *marks.get_mut(lane) = v.value();
+            }
+        }
+        Ok(marks)
+    }
+
+    /// Up to `limit` log entries from offset `from` on.
+    pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, LogEntry)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(LOG).map_err(db)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in table.range(from..).map_err(db)?.take(limit) {
+            let (offset, bytes) = row.map_err(db)?;
+            let offset = offset.value();
+            let entry = postcard::from_bytes(bytes.value()).map_err(|e| StoreError::Corrupt {
+                what: format!("log offset {offset}"),
+                reason: e.to_string(),
+            })?;
+            out.push((offset, entry));
+        }
+        Ok(out)
+    }
+
+    /// Every node the relay has heard from, with its streams' watermarks.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let nodes = txn.open_table(NODES).map_err(db)?;
+        let marks = txn.open_table(WATERMARKS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in nodes.iter().map_err(db)? {
+            let (id, seen) = row.map_err(db)?;
+            let corrupt =
+                |reason: String| StoreError::Corrupt { what: format!("node {}", id.value()), reason };
+            let node_id: NodeId =
+                id.value().parse().map_err(|e: sync_protocol::ParseError| corrupt(e.to_string()))?;
+            let seen: NodeSeen = postcard::from_bytes(seen.value()).map_err(|e| corrupt(e.to_string()))?;
+            let mut streams = Vec::new();
+            let range = (node_id.as_str(), 0u64, 0u8)..=(node_id.as_str(), u64::MAX, u8::MAX);
+            for mark in marks.range(range).map_err(db)? {
+                let (key, watermark) = mark.map_err(db)?;
+                let (_, epoch, lane) = key.value();
+                let lane = Lane::from_index(usize::from(lane))
+                    .ok_or_else(|| corrupt(format!("lane index {lane}")))?;
+                streams.push(StreamMark { epoch: Epoch(epoch), lane, watermark: watermark.value() });
+            }
+            out.push(NodeRow { node_id, seen, streams });
+        }
+        Ok(out)
+    }
+
+    /// The offset the next log entry will get; changes after every appending commit.
+    pub fn next_offset(&self) -> watch::Receiver<u64> {
+        self.next_offset.clone()
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+}
+
+fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = database.begin_write().map_err(db)?;
+    {
+        let mut meta = txn.open_table(META).map_err(db)?;
+        let version = meta.get("format_version").map_err(db)?.map(|v| v.value());
+        match version {
+            Some(found) if found != FORMAT_VERSION => {
+                return Err(StoreError::FormatVersion { path: path.to_owned(), found });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert("format_version", FORMAT_VERSION).map_err(db)?;
+                meta.insert("created_at_ms", now_ms()).map_err(db)?;
+            }
+        }
+    }
+    txn.open_table(LOG).map_err(db)?;
+    txn.open_table(WATERMARKS).map_err(db)?;
+    txn.open_table(NODES).map_err(db)?;
+    txn.commit().map_err(db)
+}
+
+fn load_next_offset(database: &Database) -> Result<u64, StoreError> {
+    let txn = database.begin_read().map_err(db)?;
+    let log = txn.open_table(LOG).map_err(db)?;
+    Ok(log.last().map_err(db)?.map_or(0, |(offset, _)| offset.value() + 1))
+}
+
+/// Milliseconds since the Unix epoch by the relay's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Writer {
+    db: Arc<Database>,
+    next_offset: watch::Sender<u64>,
+    stats: Arc<WriterStats>,
+}
+
+/// Where to answer one append of a group.
+struct Pending {
+    lane: Lane,
+    through: Seq,
+    reply: CommitReplies,
+}
+
+/// One append, taken apart from its reply.
+struct Append {
+    node: NodeIdentity,
+    epoch: Epoch,
+    lane: Lane,
+    first_seq: Seq,
+    records: Vec<Record>,
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
+        // Everything queued while the previous commit ran joins this one.
+        while rx.blocking_recv_many(&mut group, GROUP_COMMANDS_MAX) > 0 {
+            self.commit_group(std::mem::take(&mut group));
+        }
+    }
+
+    fn commit_group(&self, group: Vec<Command>) {
+        let mut seen = Vec::new();
+        let mut appends = Vec::new();
+        let mut pending = Vec::new();
+        let mut flushes = Vec::new();
+        for command in group {
+            match command {
+                Command::Seen { node } => seen.push(node),
+                Command::Flush(done) => flushes.push(done),
+                Command::Append { node, epoch, lane, first_seq, records, reply } => {
+                    let through = last_seq(first_seq, records.len());
+                    pending.push(Pending { lane, through, reply });
+                    seen.push(node.clone());
+                    appends.push(Append { node, epoch, lane, first_seq, records });
+                }
+            }
+        }
+        let start = *self.next_offset.borrow();
+        let mut next = start;
+        match self.apply(&seen, appends, &mut next) {
+            Ok(results) => {
+                if next > start {
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.events.fetch_add(next - start, Ordering::Relaxed);
+                    self.next_offset.send_replace(next);
+                }
+                for (p, result) in pending.into_iter().zip(results) {
+                    let _ = p.reply.send(Committed { lane: p.lane, through: p.through, result });
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "relay store commit failed; the group is not acknowledged");
+                let message = e.to_string();
+                for p in pending {
+                    let result = Err(StoreError::CommitFailed(message.clone()));
+                    let _ = p.reply.send(Committed { lane: p.lane, through: p.through, result });
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    /// Applies a group in one transaction: one result per append, meaningful only if the
+    /// whole transaction commits. `next` is the log's next offset, advanced per entry.
+    fn apply(
+        &self,
+        seen: &[NodeIdentity],
+        appends: Vec<Append>,
+        next: &mut u64,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db)?;
+        let start = *next;
+        let mut results = Vec::with_capacity(appends.len());
+        {
+            let mut log = txn.open_table(LOG).map_err(db)?;
+            let mut marks = txn.open_table(WATERMARKS).map_err(db)?;
+            let mut nodes = txn.open_table(NODES).map_err(db)?;
+            let now = now_ms();
+            for node in seen {
+                let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
+                let bytes =
+                    postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                nodes.insert(node.node_id.as_str(), bytes.as_slice()).map_err(db)?;
+            }
+            for Append { node, epoch, lane, first_seq, records } in appends {
+                let key = (node.node_id.as_str(), epoch.0, lane as u8);
+                let watermark = marks.get(key).map_err(db)?.map_or(0, |v| v.value());
+                if first_seq.get() > watermark + 1 {
+                    let stream = format!("{}/{epoch}/{lane}", node.node_id);
+                    results.push(Err(StoreError::Gap { stream, first_seq: first_seq.get(), watermark }));
+                    continue;
+                }
+                let mut seq = first_seq.get();
+                for record in records {
+                    if seq > watermark {
+                        let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
+                        let bytes = postcard::to_allocvec(&entry)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        log.insert(*next, bytes.as_slice()).map_err(db)?;
+                        *next += 1;
+                    } else {
+                        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seq += 1;
+                }
+                if seq - 1 > watermark {
+                    marks.insert(key, seq - 1).map_err(db)?;
+                }
+                results.push(Ok(()));
+            }
+        }
+        // A group of hellos only is not worth an fsync; it rides with the next append.
+        let durability = if *next > start { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(results)
+    }
+}
+
+fn last_seq(first: Seq, count: usize) -> Seq {
+    Seq::new(first.get() + (count as u64).saturating_sub(1)).unwrap_or(first)
+}
+
+#[cfg(test)]
+mod tests;
