@@ -110,9 +110,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = quic.await;
     let http_result = http.await;
-    if let Err(e) = store.flush().await {
-        tracing::warn!(error = %e, "store writer already stopped");
-    }
+    store.close().await;
     tracing::info!("relay stopped");
     match http_result {
         Ok(Ok(())) => Ok(()),

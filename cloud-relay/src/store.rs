@@ -24,14 +24,14 @@
 //! twice.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Seq};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "relay.redb";
@@ -164,8 +164,8 @@ enum Command {
     Seen {
         node: NodeIdentity,
     },
-    /// Answered once everything queued before it has committed.
-    Flush(oneshot::Sender<()>),
+    /// Stops the writer once everything queued before it has committed.
+    Close,
 }
 
 /// Counters of the writer, for metrics and benchmarks.
@@ -186,6 +186,7 @@ pub struct Store {
     commands: mpsc::Sender<Command>,
     next_offset: watch::Receiver<u64>,
     stats: Arc<WriterStats>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -200,11 +201,12 @@ impl Store {
         let (next_tx, next_offset) = watch::channel(next);
         let stats = Arc::new(WriterStats::default());
         let writer = Writer { db: database.clone(), next_offset: next_tx, stats: stats.clone() };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("relay-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| db(redb::StorageError::from(e)))?;
-        Ok(Store { db: database, commands, next_offset, stats })
+        let writer = Arc::new(Mutex::new(Some(handle)));
+        Ok(Store { db: database, commands, next_offset, stats, writer })
     }
 
     /// Queues a batch for the next group commit; the outcome arrives on `reply` after
@@ -228,12 +230,15 @@ impl Store {
         self.commands.send(Command::Seen { node }).await.map_err(|_| StoreError::Closed)
     }
 
-    /// Waits until everything queued so far has been committed: the last step of a
-    /// graceful shutdown.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
+    /// Commits everything queued so far, stops the writer and waits for it to release
+    /// the file: the last step of a graceful shutdown. Appends from other handles fail
+    /// with [`StoreError::Closed`] afterwards.
+    pub async fn close(self) {
+        let _ = self.commands.send(Command::Close).await;
+        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 
     /// The stored watermarks of `(node_id, epoch)`, 0 for lanes never seen.
@@ -364,19 +369,24 @@ impl Writer {
         let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
         // Everything queued while the previous commit ran joins this one.
         while rx.blocking_recv_many(&mut group, GROUP_COMMANDS_MAX) > 0 {
-            self.commit_group(std::mem::take(&mut group));
+            if self.commit_group(std::mem::take(&mut group)) {
+                // Whatever is queued behind the close is answered with `Closed` as the
+                // channel drops.
+                return;
+            }
         }
     }
 
-    fn commit_group(&self, group: Vec<Command>) {
+    /// Commits a group; true if it held [`Command::Close`].
+    fn commit_group(&self, group: Vec<Command>) -> bool {
         let mut seen = Vec::new();
         let mut appends = Vec::new();
         let mut pending = Vec::new();
-        let mut flushes = Vec::new();
+        let mut close = false;
         for command in group {
             match command {
                 Command::Seen { node } => seen.push(node),
-                Command::Flush(done) => flushes.push(done),
+                Command::Close => close = true,
                 Command::Append { node, epoch, lane, first_seq, records, reply } => {
                     let through = last_seq(first_seq, records.len());
                     pending.push(Pending { lane, through, reply });
@@ -407,9 +417,7 @@ impl Writer {
                 }
             }
         }
-        for done in flushes {
-            let _ = done.send(());
-        }
+        close
     }
 
     /// Applies a group in one transaction: one result per append, meaningful only if the

@@ -1,1 +1,146 @@
-//! Tests of the relay store.
+//! Tests of the relay store: exactly-once appends, watermarks, the log's order, and what
+//! survives a reopen.
+
+use std::collections::BTreeMap;
+
+use sync_protocol::{Event, Kind};
+
+use super::*;
+
+fn node(id: &str) -> NodeIdentity {
+    NodeIdentity::from_uri(&format!("outpost://eu-west/{id}")).unwrap()
+}
+
+fn records(first: u64, n: u64) -> Vec<Record> {
+    (first..first + n)
+        .map(|i| Record {
+            received_at_ms: 1_000 + i,
+            event: Event {
+                event_id: format!("e{i}").parse().unwrap(),
+                kind: Kind::Ship,
+                sku: "SKU-1".parse().unwrap(),
+                location: "DOCK-1".parse().unwrap(),
+                qty: 1,
+                occurred_at: None,
+                device_id: None,
+                shipment_id: None,
+                order_id: None,
+                attrs: BTreeMap::new(),
+            },
+        })
+        .collect()
+}
+
+/// Appends and waits for the outcome.
+async fn append(
+    store: &Store,
+    id: &str,
+    epoch: u64,
+    lane: Lane,
+    first: u64,
+    n: u64,
+) -> Result<(), StoreError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first_seq = Seq::new(first).unwrap();
+    store.append(node(id), Epoch(epoch), lane, first_seq, records(first, n), tx).await.unwrap();
+    let done = rx.recv().await.unwrap();
+    assert_eq!(done.through.get(), first + n - 1);
+    done.result
+}
+
+#[tokio::test]
+async fn overlaps_are_skipped_and_gaps_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Critical, 1, 5).await.unwrap();
+    // 3..=8 overlaps 3..=5: only 6..=8 are new.
+    append(&store, "n1", 7, Lane::Critical, 3, 6).await.unwrap();
+    let gap = append(&store, "n1", 7, Lane::Critical, 10, 2).await;
+    assert!(matches!(gap, Err(StoreError::Gap { watermark: 8, first_seq: 10, .. })), "{gap:?}");
+
+    let log = store.read_log(0, 100).unwrap();
+    let seqs: Vec<u64> = log.iter().map(|(_, e)| e.seq).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    let offsets: Vec<u64> = log.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+    assert_eq!(*store.watermarks(&node("n1").node_id, Epoch(7)).unwrap().get(Lane::Critical), 8);
+    assert_eq!(store.stats().skipped.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn epochs_and_lanes_are_separate_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 1, Lane::Critical, 1, 3).await.unwrap();
+    append(&store, "n1", 2, Lane::Critical, 1, 2).await.unwrap();
+    append(&store, "n1", 2, Lane::Bulk, 1, 4).await.unwrap();
+    append(&store, "n2", 1, Lane::Critical, 1, 1).await.unwrap();
+    let marks = store.watermarks(&node("n1").node_id, Epoch(2)).unwrap();
+    assert_eq!(marks.0, [2, 0, 4]);
+    let nodes = store.nodes().unwrap();
+    assert_eq!(nodes.len(), 2);
+    let n1 = &nodes[0];
+    assert_eq!(n1.node_id.as_str(), "n1");
+    assert_eq!(n1.streams.len(), 3, "{:?}", n1.streams);
+    assert_eq!(store.read_log(0, 100).unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn the_log_and_watermarks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, "n1", 7, Lane::Standard, 1, 3).await.unwrap();
+        store.close().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.next_offset().borrow(), 3);
+    assert_eq!(*store.watermarks(&node("n1").node_id, Epoch(7)).unwrap().get(Lane::Standard), 3);
+    append(&store, "n1", 7, Lane::Standard, 1, 4).await.unwrap();
+    let log = store.read_log(0, 100).unwrap();
+    assert_eq!(log.len(), 4, "only seq 4 is new after the reopen");
+    assert_eq!(
+        log[3],
+        (
+            3,
+            LogEntry {
+                node_id: node("n1").node_id,
+                epoch: Epoch(7),
+                lane: Lane::Standard,
+                seq: 4,
+                record: records(4, 1).remove(0)
+            }
+        )
+    );
+}
+
+#[tokio::test]
+async fn reads_page_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 1, Lane::Bulk, 1, 25).await.unwrap();
+    let mut from = 0;
+    let mut seen = 0;
+    loop {
+        let page = store.read_log(from, 10).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen += page.len();
+        from = page.last().unwrap().0 + 1;
+    }
+    assert_eq!(seen, 25);
+}
+
+#[test]
+fn a_store_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let database = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format_version", 99).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(dir.path()).err().unwrap();
+    assert!(matches!(err, StoreError::FormatVersion { found: 99, .. }), "{err}");
+}
