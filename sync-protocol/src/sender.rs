@@ -259,8 +259,10 @@ impl Sender {
     /// The connection failed or closed: forget what was in flight and plan the next dial
     /// with exponential backoff and full jitter.
     pub fn handle_disconnected(&mut self, now: Instant, rng: &mut impl Rng) {
-        self.attempt = self.attempt.saturating_add(1);
+        // The first failure waits up to `backoff_base`, and each further one up to twice
+        // as long as the one before, until `backoff_max`.
         let exp = self.attempt.min(20);
+        self.attempt = self.attempt.saturating_add(1);
         let bound = self.config.backoff_base.saturating_mul(1 << exp).min(self.config.backoff_max);
         let delay = Duration::from_micros(rng.random_range(0..=bound.as_micros() as u64));
         self.link = Link::Idle { reconnect_at: now + delay };

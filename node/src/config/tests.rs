@@ -1,3 +1,5 @@
+//! Tests of configuration layering and validation.
+
 use super::*;
 
 fn base() -> Settings {

@@ -1,3 +1,5 @@
+//! Tests of parsing and validating scanners' JSON.
+
 use serde_json::json;
 
 use super::*;

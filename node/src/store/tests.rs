@@ -1,3 +1,5 @@
+//! Tests of the node store: group commit, idempotency, acks and pruning.
+
 use std::collections::BTreeMap;
 
 use sync_protocol::Kind;

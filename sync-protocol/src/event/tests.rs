@@ -1,3 +1,5 @@
+//! Validation of scanner events at and over their limits.
+
 use super::*;
 
 pub(crate) fn sample(event_id: &str, kind: Kind, qty: i64) -> Event {

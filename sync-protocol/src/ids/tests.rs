@@ -1,3 +1,5 @@
+//! Parsing and display of the identity and sequence newtypes.
+
 use super::*;
 
 #[track_caller]
