@@ -2,7 +2,7 @@
 //! TOML file, in that order of precedence, then the defaults documented on each field.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use sync_protocol::Region;
@@ -66,38 +66,9 @@ impl Settings {
             connections_max: self.connections_max.or(lower.connections_max),
         }
     }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let file_err = |reason: String| ConfigError::File { path: path.to_owned(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-        toml::from_str(&text).map_err(|e| file_err(e.to_string()))
-    }
 }
 
-/// A configuration that cannot be run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file is unreadable or not valid TOML for these settings.
-    #[error("config file {path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A required setting has no value.
-    #[error("no {0} given: pass --{0} or set it in the config file")]
-    Missing(&'static str),
-    /// A setting has a value out of range.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The setting.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use node::daemon::ConfigError;
 
 /// The relay's validated configuration. Region and name may still come from the
 /// certificate, which [`crate::run`] reads.

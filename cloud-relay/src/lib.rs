@@ -25,47 +25,20 @@ pub mod tls;
 
 use std::sync::Arc;
 
+use rand::SeedableRng;
+
 use sync_protocol::wire::Limits;
 use sync_protocol::{ReceiverConfig, Region};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use node::daemon::{self, ConfigError};
+
 use crate::config::Config;
 use crate::server::{Connections, Shared};
 use crate::store::Store;
 
-/// A failure that stops the relay.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// The certificates could not be loaded.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    /// Neither `--region` nor the relay certificate names a region.
-    #[error(
-        "no region: pass --region, or use a relay certificate from `outpost-relay pki relay`, \
-         whose outpost://<region>/<name> URI names it"
-    )]
-    NoRegion,
-    /// The data directory or the store could not be opened.
-    #[error("opening the store in {dir}: {reason}")]
-    Store {
-        /// The data directory.
-        dir: String,
-        /// The cause.
-        reason: String,
-    },
-    /// The QUIC socket could not be bound.
-    #[error("binding quic to {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Http(std::io::Error),
-}
+pub use node::daemon::DaemonError as RelayError;
 
 /// Runs the relay on a bound HTTP listener until `shutdown` resolves, then stops
 /// gracefully: connections close with a reason and the commits in flight finish.
@@ -78,7 +51,7 @@ pub async fn run(
     let region: Region = match (config.region, &creds.identity) {
         (Some(region), _) => region,
         (None, Some(identity)) => identity.region.clone(),
-        (None, None) => return Err(RelayError::NoRegion),
+        (None, None) => return Err(ConfigError::Missing("region").into()),
     };
     let name = config
         .name
@@ -88,8 +61,16 @@ pub async fn run(
     let store_err = |reason: String| RelayError::Store { dir: dir.clone(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let store = Store::open(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let endpoint = quinn::Endpoint::server(creds.server_config, config.quic)
-        .map_err(|source| RelayError::Bind { addr: config.quic, source })?;
+    let reset_key = reset_key(&config.data_dir).map_err(|e| store_err(format!("{RESET_KEY_FILE}: {e}")))?;
+    let bind_err = |source| RelayError::Bind { what: "quic", addr: config.quic, source };
+    let socket = std::net::UdpSocket::bind(config.quic).map_err(bind_err)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        Some(creds.server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
     let log_next = *store.next_offset().borrow();
     tracing::info!(
         relay = %name, %region, quic = %config.quic, http = ?listener.local_addr().ok(),
@@ -100,21 +81,39 @@ pub async fn run(
     let shared = Arc::new(Shared { store: store.clone(), receiver, connections: Connections::default() });
     let (stop_tx, stop_rx) = watch::channel(false);
     let quic = tokio::spawn(server::serve(endpoint, shared.clone(), config.connections_max, stop_rx.clone()));
-    let mut http_stop = stop_rx.clone();
-    let http = axum::serve(listener, http::router(shared))
-        .with_graceful_shutdown(async move { server::stopped(&mut http_stop).await })
-        .into_future();
-    let http = tokio::spawn(http);
-    shutdown.await;
-    tracing::info!("shutting down: closing connections, finishing commits");
-    let _ = stop_tx.send(true);
+    let served = daemon::serve_http_until(listener, http::router(shared), shutdown, &stop_tx).await;
     let _ = quic.await;
-    let http_result = http.await;
     store.close().await;
     tracing::info!("relay stopped");
-    match http_result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RelayError::Http(e)),
-        Err(e) => Err(RelayError::Http(std::io::Error::other(e))),
-    }
+    served
+}
+
+/// File in the data directory holding the QUIC stateless-reset key.
+pub const RESET_KEY_FILE: &str = "quic-reset.key";
+
+/// The key that signs QUIC stateless resets, kept in the data directory so that it
+/// survives a restart. A restarted relay then answers packets of connections it no
+/// longer knows with a reset the node believes, and the node reconnects at once instead
+/// of waiting out its idle timeout.
+fn reset_key(data_dir: &std::path::Path) -> std::io::Result<ring::hmac::Key> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(RESET_KEY_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 64 => bytes,
+        Ok(bytes) => {
+            return Err(std::io::Error::other(format!("expected 64 bytes, found {}", bytes.len())));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = vec![0u8; 64];
+            rand::RngCore::fill_bytes(&mut rand::rngs::StdRng::from_os_rng(), &mut bytes);
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            bytes
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }

@@ -23,7 +23,7 @@ use sync_protocol::{
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 
-use crate::store::{Committed, Store, StoreError};
+use crate::store::{Append, Committed, Store, StoreError};
 use crate::tls::peer_identity;
 
 /// How long a node has to send its Hello after connecting.
@@ -313,17 +313,14 @@ impl Session {
                 }
                 if let Some(accepted) = self.receiver.handle_batch(batch)? {
                     tracing::trace!(lane = lane.as_str(), first = %accepted.first_seq, n = accepted.records.len(), "batch");
-                    self.shared
-                        .store
-                        .append(
-                            self.identity.clone(),
-                            epoch,
-                            accepted.lane,
-                            accepted.first_seq,
-                            accepted.records,
-                            replies.clone(),
-                        )
-                        .await?;
+                    let batch = Append {
+                        node: self.identity.clone(),
+                        epoch,
+                        lane: accepted.lane,
+                        first_seq: accepted.first_seq,
+                        records: accepted.records,
+                    };
+                    self.shared.store.append(batch, replies.clone()).await?;
                 }
             }
             Inbound::Frame { .. } => {

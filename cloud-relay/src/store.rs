@@ -152,15 +152,23 @@ pub struct Committed {
 /// Where the writer sends a connection's [`Committed`] replies, in commit order.
 pub type CommitReplies = mpsc::UnboundedSender<Committed>;
 
+/// Events of one `(node, epoch, lane)` stream to append, starting at `first_seq`.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The node they came from.
+    pub node: NodeIdentity,
+    /// Its store's epoch.
+    pub epoch: Epoch,
+    /// The lane.
+    pub lane: Lane,
+    /// The seq of `records[0]`.
+    pub first_seq: Seq,
+    /// The events.
+    pub records: Vec<Record>,
+}
+
 enum Command {
-    Append {
-        node: NodeIdentity,
-        epoch: Epoch,
-        lane: Lane,
-        first_seq: Seq,
-        records: Vec<Record>,
-        reply: CommitReplies,
-    },
+    Append(Append, CommitReplies),
     Seen {
         node: NodeIdentity,
     },
@@ -211,17 +219,8 @@ impl Store {
 
     /// Queues a batch for the next group commit; the outcome arrives on `reply` after
     /// the commit, in the order batches were queued.
-    pub async fn append(
-        &self,
-        node: NodeIdentity,
-        epoch: Epoch,
-        lane: Lane,
-        first_seq: Seq,
-        records: Vec<Record>,
-        reply: CommitReplies,
-    ) -> Result<(), StoreError> {
-        let command = Command::Append { node, epoch, lane, first_seq, records, reply };
-        self.commands.send(command).await.map_err(|_| StoreError::Closed)
+    pub async fn append(&self, batch: Append, reply: CommitReplies) -> Result<(), StoreError> {
+        self.commands.send(Command::Append(batch, reply)).await.map_err(|_| StoreError::Closed)
     }
 
     /// Records that `node` was seen now (a hello). Best effort: durable with the next
@@ -355,15 +354,6 @@ struct Pending {
     reply: CommitReplies,
 }
 
-/// One append, taken apart from its reply.
-struct Append {
-    node: NodeIdentity,
-    epoch: Epoch,
-    lane: Lane,
-    first_seq: Seq,
-    records: Vec<Record>,
-}
-
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
@@ -387,11 +377,11 @@ impl Writer {
             match command {
                 Command::Seen { node } => seen.push(node),
                 Command::Close => close = true,
-                Command::Append { node, epoch, lane, first_seq, records, reply } => {
-                    let through = last_seq(first_seq, records.len());
-                    pending.push(Pending { lane, through, reply });
-                    seen.push(node.clone());
-                    appends.push(Append { node, epoch, lane, first_seq, records });
+                Command::Append(batch, reply) => {
+                    let through = last_seq(batch.first_seq, batch.records.len());
+                    pending.push(Pending { lane: batch.lane, through, reply });
+                    seen.push(batch.node.clone());
+                    appends.push(batch);
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -98,38 +98,9 @@ impl Settings {
             lanes: self.lanes.or(lower.lanes),
         }
     }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File { path: path.to_owned(), reason: e.to_string() })
-    }
 }
 
-/// A configuration that cannot be run.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file is unreadable or not valid TOML for these settings.
-    #[error("config file {path}: {reason}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A required setting has no value.
-    #[error("no {0} given: pass --{0} or set it in the config file")]
-    Missing(&'static str),
-    /// A setting has a value out of range.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The setting.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use crate::daemon::ConfigError;
 
 /// The node's validated configuration.
 #[derive(Debug, Clone)]

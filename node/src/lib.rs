@@ -19,6 +19,7 @@
 //!   watermark (`store::prune`).
 
 pub mod config;
+pub mod daemon;
 pub mod http;
 pub mod ingest;
 pub mod replicator;
@@ -40,32 +41,7 @@ use crate::store::{Store, now_ms};
 /// How often acknowledged events past retention are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A failure that stops the node.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The certificates could not be loaded.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    /// The store could not be opened.
-    #[error("opening the store in {dir}: {source}")]
-    Store {
-        /// The data directory.
-        dir: String,
-        /// The cause.
-        source: store::StoreError,
-    },
-    /// The data directory could not be created.
-    #[error("creating data directory {dir}: {source}")]
-    DataDir {
-        /// The directory.
-        dir: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The HTTP server failed.
-    #[error("http server: {0}")]
-    Http(std::io::Error),
-}
+pub use crate::daemon::DaemonError as NodeError;
 
 /// Runs the node on a bound HTTP listener until `shutdown` resolves, then stops
 /// gracefully: no new requests, the commit in flight finishes, QUIC closes with a reason.
@@ -76,10 +52,10 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     let creds = tls::load(&config.ca, &config.cert, &config.key)?;
     let dir = config.data_dir.display().to_string();
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| NodeError::DataDir { dir: dir.clone(), source })?;
+    let store_err = |reason: String| NodeError::Store { dir: dir.clone(), reason };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let store = Store::open(&config.data_dir, || StdRng::from_os_rng().random())
-        .map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
+        .map_err(|e| store_err(e.to_string()))?;
     tracing::info!(
         node_id = %creds.identity.node_id,
         region = %creds.identity.region,
@@ -103,25 +79,12 @@ pub async fn run(
 
     let config = Arc::new(config);
     let app = http::router(http::AppState { store: store.clone(), config, identity: creds.identity, link });
-    let mut http_stop = stop_rx.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        })
-        .into_future();
-    let served = tokio::spawn(served);
-    shutdown.await;
-    tracing::info!("shutting down: finishing requests in flight");
-    let _ = stop_tx.send(true);
-    let http_result = served.await;
+    let served = daemon::serve_http_until(listener, app, shutdown, &stop_tx).await;
     let _ = replication.await;
     let _ = pruning.await;
     store.close();
     tracing::info!("node stopped");
-    match http_result {
-        Ok(result) => result.map_err(NodeError::Http),
-        Err(e) => Err(NodeError::Http(std::io::Error::other(e))),
-    }
+    served
 }
 
 async fn prune_loop(store: Store, retention: Duration, mut stop: watch::Receiver<bool>) {

@@ -42,7 +42,8 @@ async fn append(
 ) -> Result<(), StoreError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let first_seq = Seq::new(first).unwrap();
-    store.append(node(id), Epoch(epoch), lane, first_seq, records(first, n), tx).await.unwrap();
+    let batch = Append { node: node(id), epoch: Epoch(epoch), lane, first_seq, records: records(first, n) };
+    store.append(batch, tx).await.unwrap();
     let done = rx.recv().await.unwrap();
     assert_eq!(done.through.get(), first + n - 1);
     done.result

@@ -1,0 +1,232 @@
+//! What the scanners were told: the record the exactly-once check compares the relay log
+//! against.
+//!
+//! Every event a scanner posts ends in exactly one [`Outcome`]: accepted with the node's
+//! `(epoch, lane, seq)`, rejected with an error status, or unanswered (the scanner gave up
+//! while the node was unreachable, so the event may or may not be stored). Posts of an
+//! existing `event_id` with a different payload are kept apart as [`ConflictPost`]s, and
+//! answers that contradict the API (a re-post that changes its seq, a conflict that is
+//! accepted) are kept as anomalies.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use serde_json::Value;
+
+/// Where the node placed an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ack {
+    /// The node that answered.
+    pub node_id: String,
+    /// Its store's epoch, 16 hex digits.
+    pub epoch: String,
+    /// The lane name.
+    pub lane: String,
+    /// The seq within `(node_id, epoch, lane)`.
+    pub seq: u64,
+}
+
+impl fmt::Display for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}/{}", self.node_id, self.epoch, self.lane, self.seq)
+    }
+}
+
+/// The final answer to a posted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 201 or 200 (`created` or `duplicate` in an array).
+    Accepted(Ack),
+    /// An error answer such as 422.
+    Rejected {
+        /// The HTTP status of the post.
+        status: u16,
+        /// The error code.
+        error: String,
+    },
+    /// The scanner gave up without an answer.
+    Unanswered,
+}
+
+/// One posted `event_id` and its answer.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// The payload as first posted.
+    pub payload: Value,
+    /// The answer.
+    pub outcome: Outcome,
+}
+
+/// A post of an existing `event_id` with a different payload.
+#[derive(Debug, Clone)]
+pub struct ConflictPost {
+    /// The `event_id`.
+    pub event_id: String,
+    /// The conflicting payload, which must never reach the relay.
+    pub payload: Value,
+    /// The answer's HTTP status (or 200 for an array entry).
+    pub status: u16,
+    /// The error code, or the array entry's status.
+    pub answer: String,
+}
+
+/// Counters over every scanner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// HTTP requests that got an answer, retries included.
+    pub requests: u64,
+    /// Requests that carried an array.
+    pub arrays: u64,
+    /// Events answered `created`.
+    pub created: u64,
+    /// Events answered `duplicate` (re-posts, and retries of a post whose answer was lost).
+    pub duplicates: u64,
+    /// Conflicting posts answered 409.
+    pub conflicts: u64,
+    /// Invalid events answered 422.
+    pub invalid: u64,
+    /// Requests retried after no answer, a 503 or a shed.
+    pub retries: u64,
+    /// Events given up on.
+    pub unanswered: u64,
+}
+
+/// The shared record of every answer.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<LedgerData>,
+}
+
+/// A copy of the ledger's contents.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerData {
+    /// Every `event_id` by its first payload.
+    pub events: BTreeMap<String, Posted>,
+    /// Every conflicting post.
+    pub conflicts: Vec<ConflictPost>,
+    /// Answers that contradict the API.
+    pub anomalies: Vec<String>,
+    /// Counters.
+    pub counts: Counts,
+}
+
+impl LedgerData {
+    /// Events with an accepted answer.
+    pub fn accepted(&self) -> impl Iterator<Item = (&String, &Posted, &Ack)> {
+        self.events.iter().filter_map(|(id, p)| match &p.outcome {
+            Outcome::Accepted(ack) => Some((id, p, ack)),
+            _ => None,
+        })
+    }
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn snapshot(&self) -> LedgerData {
+        self.lock().clone()
+    }
+
+    /// The counters so far.
+    pub fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+
+    /// Events accepted so far (distinct `event_id`s).
+    pub fn accepted_count(&self) -> u64 {
+        self.lock().counts.created
+    }
+
+    /// Records the answer for an `event_id`. An accepted answer for an event already
+    /// accepted counts as a duplicate answer, and is an anomaly when it places the event
+    /// elsewhere; the first placement is kept.
+    pub fn record(&self, event_id: &str, payload: &Value, outcome: Outcome) {
+        let mut guard = self.lock();
+        let data = &mut *guard;
+        match (data.events.get_mut(event_id), outcome) {
+            (Some(Posted { outcome: Outcome::Accepted(first), .. }), Outcome::Accepted(again)) => {
+                data.counts.duplicates += 1;
+                if *first != again {
+                    let text =
+                        format!("event {event_id} was placed at {first} and later answered at {again}");
+                    data.anomalies.push(text);
+                }
+            }
+            // The scanner judges other answers to an accepted event (it expected them).
+            (Some(Posted { outcome: Outcome::Accepted(_), .. }), _) => {}
+            (Some(posted), outcome) => {
+                data.counts.add(&outcome);
+                posted.outcome = outcome;
+            }
+            (None, outcome) => {
+                data.counts.add(&outcome);
+                data.events.insert(event_id.to_owned(), Posted { payload: payload.clone(), outcome });
+            }
+        }
+    }
+
+    /// Records a conflicting post and its answer.
+    pub fn record_conflict(&self, post: ConflictPost) {
+        let mut data = self.lock();
+        data.counts.conflicts += 1;
+        data.conflicts.push(post);
+    }
+
+    /// Records an answer that contradicts the API.
+    pub fn anomaly(&self, text: String) {
+        self.lock().anomalies.push(text);
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, array: bool) {
+        let mut data = self.lock();
+        data.counts.requests += 1;
+        if array {
+            data.counts.arrays += 1;
+        }
+    }
+
+    /// Counts one retry.
+    pub fn count_retry(&self) {
+        self.lock().counts.retries += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerData> {
+        // A panic while holding the lock cannot leave the data half-updated in a way the
+        // checker would misread: every update is a few field writes.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Counts {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Accepted(_) => self.created += 1,
+            Outcome::Rejected { .. } => self.invalid += 1,
+            Outcome::Unanswered => self.unanswered += 1,
+        }
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} requests ({} arrays, {} retries): {} created, {} duplicate answers, {} conflicts, \
+             {} invalid, {} unanswered",
+            self.requests,
+            self.arrays,
+            self.retries,
+            self.created,
+            self.duplicates,
+            self.conflicts,
+            self.invalid,
+            self.unanswered
+        )
+    }
+}
