@@ -31,7 +31,7 @@ pub struct Settings {
     #[arg(long, env = "OUTPOST_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// The one region this relay serves; nodes of other regions are refused. [default: the
-    /// region in the relay certificate's `outpost://<region>/<name>` URI]
+    /// region in the outpost://REGION/NAME URI of the relay certificate]
     #[arg(long, env = "OUTPOST_REGION", value_name = "REGION")]
     pub region: Option<String>,
     /// The relay's name, shown to nodes. [default: the name in the certificate's URI]
