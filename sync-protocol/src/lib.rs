@@ -34,6 +34,7 @@
 pub mod cert;
 pub mod event;
 pub mod ids;
+pub mod inventory;
 pub mod receiver;
 pub mod sender;
 pub mod wire;

@@ -1,0 +1,244 @@
+//! Inventory as CRDT counters (PROTOCOL.md, "Inventory CRDT").
+//!
+//! Stock is kept per [`StockKey`] (`sku` at `location`) as one PN-counter per [`Actor`],
+//! an actor being one store incarnation, `(node_id, epoch)`. An actor only ever moves its
+//! own counter, and only by the deltas of the events it accepted, so:
+//! - the value of a key is the sum of every actor's counter, which is the sum of every
+//!   accepted event's delta, whatever order the deltas arrived in;
+//! - merging two replicas is the CRDT join (per actor, the larger increments and the
+//!   larger decrements win), which is commutative, associative and idempotent: replicas
+//!   that have seen the same deltas agree, however often and in whatever order they
+//!   exchanged state;
+//! - a wiped node starts a new actor, and the old actor's contributions stay in the merge.
+//!
+//! The delta of an event is fixed once, when the node accepts it ([`deltas_of`]), and
+//! travels with the event: a `count` becomes a variance against the node's view at that
+//! moment, so moves made elsewhere at the same time still apply when everything merges.
+//!
+//! Values are read as `i64` with overflow checked; the underlying counters count in
+//! `u64` per direction and [`crdts`] reads them as big integers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crdts::{CmRDT, CvRDT, PNCounter};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Kind};
+use crate::ids::{Epoch, Location, NodeId, ParseError};
+
+/// The `attrs` key that names where a `transfer` moves its quantity to.
+pub const TRANSFER_TO: &str = "to_location";
+
+/// One store incarnation: the node and the epoch of its store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Actor {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its store's epoch.
+    pub epoch: Epoch,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.node_id, self.epoch)
+    }
+}
+
+/// Where stock is counted: an article at a location.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StockKey {
+    /// The article.
+    pub sku: crate::ids::Sku,
+    /// The location.
+    pub location: Location,
+}
+
+impl fmt::Display for StockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.sku, self.location)
+    }
+}
+
+/// The change one event makes to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Which stock.
+    pub key: StockKey,
+    /// By how much.
+    pub change: i64,
+}
+
+/// Why an inventory operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    /// A value or a counter left the range it is kept in.
+    #[error("inventory of {key} overflows: {detail}")]
+    Overflow {
+        /// The key.
+        key: StockKey,
+        /// What overflowed.
+        detail: String,
+    },
+}
+
+/// The deltas of an accepted event, given `view`, the node's current merged value of a
+/// key (used only by `count`). A `scan` changes nothing and yields no delta; a
+/// `transfer` yields two, out of `location` and into `attrs.to_location`.
+pub fn deltas_of(event: &Event, view: impl Fn(&StockKey) -> i64) -> Result<Vec<Delta>, ParseError> {
+    let key = StockKey { sku: event.sku.clone(), location: event.location.clone() };
+    let qty = event.qty;
+    let one = |change: i64, key: StockKey| if change == 0 { Vec::new() } else { vec![Delta { key, change }] };
+    Ok(match event.kind {
+        Kind::Scan => Vec::new(),
+        Kind::Receive | Kind::Adjust => one(qty, key),
+        Kind::Pick | Kind::Ship | Kind::Dispatch => one(-qty, key),
+        Kind::Count => {
+            // Both sides are within ±QTY_ABS_MAX·(events) in practice; saturate rather
+            // than wrap if a corrupt view is ever that large.
+            let variance = qty.saturating_sub(view(&key));
+            one(variance, key)
+        }
+        Kind::Transfer => {
+            let to = transfer_destination(event)?;
+            if to == event.location {
+                return Err(ParseError::new("attrs", "a transfer needs a to_location other than its location"));
+            }
+            let into = StockKey { sku: event.sku.clone(), location: to };
+            let mut out = one(-qty, key);
+            out.extend(one(qty, into));
+            out
+        }
+    })
+}
+
+/// The destination of a transfer: `attrs.to_location`, a valid [`Location`].
+pub fn transfer_destination(event: &Event) -> Result<Location, ParseError> {
+    let to = event
+        .attrs
+        .get(TRANSFER_TO)
+        .ok_or_else(|| ParseError::new("attrs", format!("a transfer names its destination in attrs.{TRANSFER_TO}")))?;
+    to.parse::<Location>().map_err(|e| ParseError::new("attrs", format!("{TRANSFER_TO}: {}", e.reason)))
+}
+
+/// One key's counters: a PN-counter per actor, each moved only by its own actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stock {
+    actors: BTreeMap<Actor, PNCounter<Actor>>,
+}
+
+impl Stock {
+    /// The merged value: the sum of every actor's counter.
+    pub fn value(&self) -> Option<i64> {
+        self.actors.values().try_fold(0i64, |sum, c| sum.checked_add(read(c)?))
+    }
+
+    /// Each actor's contribution.
+    pub fn contributions(&self) -> impl Iterator<Item = (&Actor, Option<i64>)> {
+        self.actors.iter().map(|(a, c)| (a, read(c)))
+    }
+
+    /// The contribution of one actor (0 if it never touched this key).
+    pub fn contribution(&self, actor: &Actor) -> Option<i64> {
+        self.actors.get(actor).map_or(Some(0), read)
+    }
+
+    fn apply(&mut self, actor: &Actor, change: i64) {
+        let counter = self.actors.entry(actor.clone()).or_default();
+        let steps = change.unsigned_abs();
+        let op = if change >= 0 {
+            counter.inc_many(actor.clone(), steps)
+        } else {
+            counter.dec_many(actor.clone(), steps)
+        };
+        counter.apply(op);
+    }
+
+    fn merge(&mut self, other: &Stock) {
+        for (actor, theirs) in &other.actors {
+            self.actors.entry(actor.clone()).or_default().merge(theirs.clone());
+        }
+    }
+}
+
+fn read(counter: &PNCounter<Actor>) -> Option<i64> {
+    i64::try_from(counter.read()).ok()
+}
+
+/// A replica of the inventory: every key this replica has heard of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    stock: BTreeMap<StockKey, Stock>,
+}
+
+impl Inventory {
+    /// An empty inventory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `actor`'s delta. The caller applies each delta exactly once (the node in
+    /// the transaction that stores the event, the relay behind its watermark).
+    pub fn apply(&mut self, actor: &Actor, delta: &Delta) -> Result<(), InventoryError> {
+        let stock = self.stock.entry(delta.key.clone()).or_default();
+        let before = stock.contribution(actor);
+        if before.and_then(|b| b.checked_add(delta.change)).is_none() {
+            return Err(InventoryError::Overflow {
+                key: delta.key.clone(),
+                detail: format!("{actor} at {before:?} by {}", delta.change),
+            });
+        }
+        stock.apply(actor, delta.change);
+        Ok(())
+    }
+
+    /// The CRDT join with `other`.
+    pub fn merge(&mut self, other: &Inventory) {
+        for (key, theirs) in &other.stock {
+            self.stock.entry(key.clone()).or_default().merge(theirs);
+        }
+    }
+
+    /// The merged value of `key` (0 if unknown).
+    pub fn value(&self, key: &StockKey) -> Result<i64, InventoryError> {
+        match self.stock.get(key) {
+            None => Ok(0),
+            Some(stock) => stock
+                .value()
+                .ok_or_else(|| InventoryError::Overflow { key: key.clone(), detail: "sum of actors".into() }),
+        }
+    }
+
+    /// One key's counters, if any actor touched it.
+    pub fn stock(&self, key: &StockKey) -> Option<&Stock> {
+        self.stock.get(key)
+    }
+
+    /// Every key with its counters, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&StockKey, &Stock)> {
+        self.stock.iter()
+    }
+
+    /// The part of this replica that covers `keys`: the delta-state to send a replica
+    /// that may be behind on exactly those keys.
+    pub fn restrict<'a>(&self, keys: impl IntoIterator<Item = &'a StockKey>) -> Inventory {
+        let stock = keys
+            .into_iter()
+            .filter_map(|k| self.stock.get(k).map(|s| (k.clone(), s.clone())))
+            .collect();
+        Inventory { stock }
+    }
+
+    /// How many keys this replica knows.
+    pub fn len(&self) -> usize {
+        self.stock.len()
+    }
+
+    /// Whether this replica knows no key.
+    pub fn is_empty(&self) -> bool {
+        self.stock.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;
