@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sync_protocol::inventory::Stock;
+use sync_protocol::{Location, ParseError, Sku};
 
 use crate::server::Shared;
 use crate::store::{LogEntry, StoreError};
@@ -32,6 +34,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/log", get(log))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/inventory", get(inventory_at))
+        .route("/v1/inventory/{sku}", get(inventory_of))
+        .route("/v1/exceptions", get(exceptions))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .with_state(shared)
@@ -106,6 +111,13 @@ fn log_json(offset: u64, e: &LogEntry) -> Value {
         fields.insert("lane".into(), json!(e.lane.as_str()));
         fields.insert("seq".into(), json!(e.seq));
         fields.insert("received_at".into(), json!(rfc3339_ms(e.record.received_at_ms)));
+        let deltas: Vec<Value> = e
+            .record
+            .deltas
+            .iter()
+            .map(|d| json!({"sku": d.key.sku.as_str(), "location": d.key.location.as_str(), "change": d.change}))
+            .collect();
+        fields.insert("deltas".into(), Value::Array(deltas));
     }
     v
 }
@@ -133,6 +145,69 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
         })
         .collect();
     Ok(Json(json!({"nodes": nodes})).into_response())
+}
+
+/// Every actor's contribution to a key.
+fn actors_json(stock: &Stock) -> Vec<Value> {
+    stock
+        .contributions()
+        .map(|(a, v)| json!({"node_id": a.node_id.as_str(), "epoch": a.epoch.to_string(), "value": v}))
+        .collect()
+}
+
+/// `GET /v1/inventory/{sku}`: the merged value per location, with its actors.
+async fn inventory_of(
+    State(shared): State<Arc<Shared>>,
+    Path(sku): Path<String>,
+) -> Result<Response, ApiError> {
+    let sku: Sku = sku.parse().map_err(|e: ParseError| ApiError::BadQuery(e.to_string()))?;
+    let version = *shared.store.next_offset().borrow();
+    let locations: Vec<Value> = shared.store.with_inventory(|inv| {
+        inv.merged()
+            .iter()
+            .filter(|(key, _)| key.sku == sku)
+            .map(|(key, stock)| {
+                json!({"location": key.location.as_str(), "value": stock.value(), "actors": actors_json(stock)})
+            })
+            .collect()
+    });
+    Ok(Json(json!({"sku": sku.as_str(), "version": version, "locations": locations})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationQuery {
+    location: String,
+}
+
+/// `GET /v1/inventory?location=L`: the merged value of every SKU at a location.
+async fn inventory_at(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<LocationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let location: Location = q.location.parse().map_err(|e: ParseError| ApiError::BadQuery(e.to_string()))?;
+    let items: Vec<Value> = shared.store.with_inventory(|inv| {
+        inv.merged()
+            .iter()
+            .filter(|(key, _)| key.location == location)
+            .map(|(key, stock)| json!({"sku": key.sku.as_str(), "value": stock.value()}))
+            .collect()
+    });
+    Ok(Json(json!({"location": location.as_str(), "items": items})).into_response())
+}
+
+/// `GET /v1/exceptions`: merged stock below zero, never clamped, with who moved it.
+async fn exceptions(State(shared): State<Arc<Shared>>) -> Response {
+    let list: Vec<Value> = shared.store.with_inventory(|inv| {
+        inv.exceptions()
+            .map(|(key, stock)| {
+                json!({"kind": "negative_stock", "sku": key.sku.as_str(), "location": key.location.as_str(),
+                       "value": stock.value(), "actors": actors_json(stock)})
+            })
+            .collect()
+    });
+    Json(json!({"exceptions": list})).into_response()
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.

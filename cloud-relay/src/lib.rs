@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod http;
+pub mod inventory;
 pub mod pki;
 pub mod server;
 pub mod store;

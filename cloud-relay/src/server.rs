@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use sync_protocol::wire::{FrameDecoder, close};
 use sync_protocol::{
-    DecodeError, Epoch, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation, Receiver,
-    ReceiverConfig, Refuse,
+    DecodeError, Epoch, InventoryUpdate, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation,
+    Receiver, ReceiverConfig, Refuse,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
@@ -234,6 +234,14 @@ impl Session {
             .await
             .map_err(|_| ConnError::HelloTimeout)??;
         let (replies, mut committed) = mpsc::unbounded_channel::<Committed>();
+        // The node has merged the relay's inventory through this version. A version past
+        // the relay's own is from before the relay lost its store: start over.
+        let mut versions = self.shared.store.next_offset();
+        let mut inventory_sent = self.receiver.node_inventory_version();
+        if inventory_sent > *versions.borrow_and_update() {
+            inventory_sent = 0;
+        }
+        self.push_inventory(&mut inventory_sent).await?;
         loop {
             tokio::select! {
                 inbound = inbox.recv() => {
@@ -245,6 +253,12 @@ impl Session {
                     let Some(done) = done else { continue };
                     done.result?;
                     self.receiver.handle_committed(done.lane, done.through);
+                }
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        return Err(ConnError::Store(StoreError::Closed));
+                    }
+                    self.push_inventory(&mut inventory_sent).await?;
                 }
                 e = self.conn.closed() => return Err(ConnError::Lost(e.to_string())),
                 () = stopped(&mut shutdown) => return Err(ConnError::Shutdown),
@@ -328,6 +342,31 @@ impl Session {
             }
             Inbound::Failed(error) => return Err(error),
         }
+        Ok(())
+    }
+
+    /// Sends the node every inventory key that changed after `sent`, and moves `sent` on.
+    async fn push_inventory(&mut self, sent: &mut u64) -> Result<(), ConnError> {
+        // The version first: the state read after it is at least that new, so the node
+        // never records a version whose changes it did not get.
+        let current = *self.shared.store.next_offset().borrow();
+        if current == *sent {
+            return Ok(());
+        }
+        let chunks = self.shared.store.with_inventory(|inv| inv.changes_since(*sent));
+        let count = chunks.len();
+        for (i, state) in chunks.into_iter().enumerate() {
+            let update = InventoryUpdate { through_version: current, state, complete: i + 1 == count };
+            let Some(Some(control)) = self.streams.first_mut() else {
+                return Err(ConnError::Lost("control stream is gone".into()));
+            };
+            let frame = Message::Inventory(update).encode();
+            control.write_all(&frame).await.map_err(|e| ConnError::Lost(e.to_string()))?;
+        }
+        if count > 0 {
+            tracing::debug!(from = *sent, through = current, messages = count, "inventory pushed");
+        }
+        *sent = current;
         Ok(())
     }
 

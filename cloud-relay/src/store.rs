@@ -8,6 +8,10 @@
 //! | `log` | `u64` offset | postcard [`LogEntry`] | append |
 //! | `watermarks` | `(&str node_id, u64 epoch, u8 lane)` | `u64` highest seq stored | append |
 //! | `nodes` | `&str` node_id | postcard [`NodeSeen`] | append, hello |
+//! | `stock` | `(&str sku, &str location)` | `(u64 version, postcard one-key Inventory)` | append |
+//!
+//! The events' inventory deltas are applied to their actor's counters in the same
+//! transaction that appends them to the log: behind the watermark, so exactly once.
 //!
 //! # Commit points
 //! An append and the new watermark of its `(node_id, epoch, lane)` are one write
@@ -25,12 +29,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sync_protocol::inventory::{Actor, Inventory};
 use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Seq};
+
+use crate::inventory::RelayInventory;
 use tokio::sync::{mpsc, watch};
 
 /// File name of the store inside the data directory.
@@ -47,6 +54,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const WATERMARKS: TableDefinition<(&str, u64, u8), u64> = TableDefinition::new("watermarks");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const STOCK: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("stock");
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +203,7 @@ pub struct Store {
     next_offset: watch::Receiver<u64>,
     stats: Arc<WriterStats>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    inventory: Arc<RwLock<RelayInventory>>,
 }
 
 impl Store {
@@ -204,17 +213,23 @@ impl Store {
         let database = Database::create(&path).map_err(db)?;
         init_meta(&database, &path)?;
         let next = load_next_offset(&database)?;
+        let inventory = Arc::new(RwLock::new(load_inventory(&database)?));
         let database = Arc::new(database);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let (next_tx, next_offset) = watch::channel(next);
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer { db: database.clone(), next_offset: next_tx, stats: stats.clone() };
+        let writer = Writer {
+            db: database.clone(),
+            next_offset: next_tx,
+            stats: stats.clone(),
+            inventory: inventory.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("relay-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| db(redb::StorageError::from(e)))?;
         let writer = Arc::new(Mutex::new(Some(handle)));
-        Ok(Store { db: database, commands, next_offset, stats, writer })
+        Ok(Store { db: database, commands, next_offset, stats, writer, inventory })
     }
 
     /// Queues a batch for the next group commit; the outcome arrives on `reply` after
@@ -302,6 +317,11 @@ impl Store {
         self.next_offset.clone()
     }
 
+    /// Reads the merged inventory; its version is [`Store::next_offset`].
+    pub fn with_inventory<T>(&self, f: impl FnOnce(&RelayInventory) -> T) -> T {
+        f(&self.inventory.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
@@ -327,6 +347,7 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(LOG).map_err(db)?;
     txn.open_table(WATERMARKS).map_err(db)?;
     txn.open_table(NODES).map_err(db)?;
+    txn.open_table(STOCK).map_err(db)?;
     txn.commit().map_err(db)
 }
 
@@ -334,6 +355,24 @@ fn load_next_offset(database: &Database) -> Result<u64, StoreError> {
     let txn = database.begin_read().map_err(db)?;
     let log = txn.open_table(LOG).map_err(db)?;
     Ok(log.last().map_err(db)?.map_or(0, |(offset, _)| offset.value() + 1))
+}
+
+fn load_inventory(database: &Database) -> Result<RelayInventory, StoreError> {
+    let txn = database.begin_read().map_err(db)?;
+    let table = txn.open_table(STOCK).map_err(db)?;
+    let mut inventory = RelayInventory::default();
+    for row in table.iter().map_err(db)? {
+        let (key, value) = row.map_err(db)?;
+        let (version, bytes) = value.value();
+        let stock: Inventory = postcard::from_bytes(bytes).map_err(|e| {
+            let (sku, location) = key.value();
+            StoreError::Corrupt { what: format!("stock {sku}@{location}"), reason: e.to_string() }
+        })?;
+        for (key, value) in inventory.commit(&stock, version) {
+            tracing::warn!(%key, value, "negative merged stock");
+        }
+    }
+    Ok(inventory)
 }
 
 /// Milliseconds since the Unix epoch by the relay's clock.
@@ -345,6 +384,7 @@ struct Writer {
     db: Arc<Database>,
     next_offset: watch::Sender<u64>,
     stats: Arc<WriterStats>,
+    inventory: Arc<RwLock<RelayInventory>>,
 }
 
 /// Where to answer one append of a group.
@@ -387,8 +427,15 @@ impl Writer {
         }
         let start = *self.next_offset.borrow();
         let mut next = start;
-        match self.apply(&seen, appends, &mut next) {
+        let mut changed = Inventory::new();
+        match self.apply(&seen, appends, &mut next, &mut changed) {
             Ok(results) => {
+                if !changed.is_empty() {
+                    let mut inventory = self.inventory.write().unwrap_or_else(PoisonError::into_inner);
+                    for (key, value) in inventory.commit(&changed, next) {
+                        tracing::warn!(%key, value, "negative merged stock: listed in /v1/exceptions");
+                    }
+                }
                 if next > start {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(next - start, Ordering::Relaxed);
@@ -411,13 +458,16 @@ impl Writer {
     }
 
     /// Applies a group in one transaction: one result per append, meaningful only if the
-    /// whole transaction commits. `next` is the log's next offset, advanced per entry.
+    /// whole transaction commits. `next` is the log's next offset, advanced per entry;
+    /// `changed` collects the whole new state of every inventory key the group moved.
     fn apply(
         &self,
         seen: &[NodeIdentity],
         appends: Vec<Append>,
         next: &mut u64,
+        changed: &mut Inventory,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let mut txn = self.db.begin_write().map_err(db)?;
         let start = *next;
         let mut results = Vec::with_capacity(appends.len());
@@ -441,8 +491,19 @@ impl Writer {
                     continue;
                 }
                 let mut seq = first_seq.get();
+                let actor = Actor { node_id: node.node_id.clone(), epoch };
                 for record in records {
                     if seq > watermark {
+                        for delta in &record.deltas {
+                            if changed.stock(&delta.key).is_none() {
+                                changed.merge(&replica.merged().restrict([&delta.key]));
+                            }
+                            // The node applied the same delta to the same counter without
+                            // overflow, so this cannot fail; if it ever does, say so.
+                            if let Err(e) = changed.apply(&actor, delta) {
+                                tracing::error!(%actor, error = %e, "delta not applied");
+                            }
+                        }
                         let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
                         let bytes = postcard::to_allocvec(&entry)
                             .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
@@ -457,6 +518,14 @@ impl Writer {
                     marks.insert(key, seq - 1).map_err(db)?;
                 }
                 results.push(Ok(()));
+            }
+            let mut stock = txn.open_table(STOCK).map_err(db)?;
+            for (key, _) in changed.iter() {
+                let row = postcard::to_allocvec(&changed.restrict([key]))
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                stock
+                    .insert((key.sku.as_str(), key.location.as_str()), (*next, row.as_slice()))
+                    .map_err(db)?;
             }
         }
         // A group of hellos only is not worth an fsync; it rides with the next append.

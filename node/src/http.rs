@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity};
+use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity, Sku};
 
 use crate::config::Config;
 use crate::ingest::{IngestError, Posted, parse_body};
@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(post_events))
         .route("/v1/events/{event_id}", get(get_event))
         .route("/v1/status", get(status))
+        .route("/v1/inventory/{sku}", get(inventory))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         // The body limit is enforced by `post_events` itself, so that an oversize body gets
@@ -125,6 +126,7 @@ fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Respo
         Outcome::Created(p) => Ok((StatusCode::CREATED, Json(accepted(id, p, epoch, false))).into_response()),
         Outcome::Duplicate(p) => Ok((StatusCode::OK, Json(accepted(id, p, epoch, true))).into_response()),
         Outcome::Conflict(_) => Err(IngestError::Conflict(id.to_string())),
+        Outcome::Invalid { field, reason } => Err(IngestError::InvalidField { field: field.into(), reason }),
     }
 }
 
@@ -135,6 +137,11 @@ fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> Value {
         Outcome::Conflict(_) => {
             item_error(Some(id.as_str()), "conflict", &IngestError::Conflict(id.to_string()))
         }
+        Outcome::Invalid { field, reason } => item_error(
+            Some(id.as_str()),
+            "invalid",
+            &IngestError::InvalidField { field: field.into(), reason },
+        ),
     }
 }
 
@@ -217,6 +224,33 @@ async fn status(State(state): State<AppState>) -> Response {
         },
     }))
     .into_response()
+}
+
+/// `GET /v1/inventory/{sku}`: per location, this node's own contribution (`local`, all
+/// its epochs), the merged value, and every actor that contributed.
+async fn inventory(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Response, IngestError> {
+    let sku: Sku =
+        sku.parse().map_err(|e: sync_protocol::ParseError| IngestError::invalid("sku", e.reason))?;
+    let node_id = &state.identity.node_id;
+    let locations: Vec<Value> = state.store.with_inventory(|inv| {
+        inv.iter()
+            .filter(|(key, _)| key.sku == sku)
+            .map(|(key, stock)| {
+                let actors: Vec<Value> = stock
+                    .contributions()
+                    .map(|(a, v)| json!({"node_id": a.node_id.as_str(), "epoch": a.epoch.to_string(), "value": v}))
+                    .collect();
+                let local: i64 = stock
+                    .contributions()
+                    .filter(|(a, _)| a.node_id == *node_id)
+                    .map(|(_, v)| v.unwrap_or(0))
+                    .fold(0i64, i64::saturating_add);
+                json!({"location": key.location.as_str(), "local": local, "merged": stock.value(), "actors": actors})
+            })
+            .collect()
+    });
+    let version = state.store.inventory_version();
+    Ok(Json(json!({"sku": sku.as_str(), "relay_version": version, "locations": locations})).into_response())
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.

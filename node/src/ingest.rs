@@ -92,7 +92,7 @@ impl IngestError {
         }
     }
 
-    fn invalid(field: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         IngestError::InvalidField { field: field.to_owned(), reason: reason.into() }
     }
 }

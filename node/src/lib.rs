@@ -54,7 +54,8 @@ pub async fn run(
     let dir = config.data_dir.display().to_string();
     let store_err = |reason: String| NodeError::Store { dir: dir.clone(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let store = Store::open(&config.data_dir, || StdRng::from_os_rng().random())
+    let node_id = creds.identity.node_id.clone();
+    let store = Store::open(&config.data_dir, node_id, || StdRng::from_os_rng().random())
         .map_err(|e| store_err(e.to_string()))?;
     tracing::info!(
         node_id = %creds.identity.node_id,

@@ -120,6 +120,7 @@ impl Replicator {
         let acked = PerLane::from_fn(|lane| positions.get(lane).acked);
         let config = SenderConfig::new(self.identity.clone(), self.store.epoch());
         let mut sender = Sender::new(config, heads, acked, Instant::now());
+        sender.handle_inventory_merged(self.store.inventory_version());
         let mut rng = StdRng::from_os_rng();
         let mut attempt = 0usize;
         loop {
@@ -293,6 +294,15 @@ impl Replicator {
                 }
                 SenderEvent::Acked { lane, through } => self.store.record_ack(lane, through).await?,
                 SenderEvent::Refused(refuse) => return Err(ReplicateError::Refused(refuse)),
+                SenderEvent::Inventory(update) => {
+                    let (complete, version, keys) =
+                        (update.complete, update.through_version, update.state.len());
+                    self.store.merge_inventory(update).await?;
+                    tracing::debug!(keys, version, complete, "merged inventory from the relay");
+                    if complete {
+                        sender.handle_inventory_merged(version);
+                    }
+                }
             }
         }
         Ok(())

@@ -7,6 +7,12 @@
 //! | `events` | `(u8 lane, u64 seq)` | postcard [`Record`] | append; prune removes |
 //! | `ids` | `&str` event_id | `(u8 lane, u64 seq)` | append; prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked)` | append (head), ack (acked) |
+//! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
+//!
+//! The `stock` table is this node's replica of the inventory: its own actor's counters,
+//! moved in the transaction that stores the events (so after any crash they equal the
+//! fold of its own events), and everyone else's as merged from the relay. `meta` holds
+//! `inventory_version`, the relay version merged durably.
 //!
 //! # Commit points
 //! Every append runs in a write transaction with [`Durability::Immediate`]: `commit()`
@@ -29,13 +35,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use sync_protocol::{Epoch, Event, EventId, Lane, PerLane, Record, Seq};
+use std::sync::RwLock;
+
+use sync_protocol::inventory::{Actor, Inventory, StockKey, deltas_of};
+use sync_protocol::{Epoch, Event, EventId, InventoryUpdate, Lane, NodeId, PerLane, Record, Seq};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
 const IDS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("ids");
 const LANES: TableDefinition<u8, (u64, u64)> = TableDefinition::new("lanes");
+const STOCK: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stock");
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -113,6 +123,14 @@ pub enum Outcome {
     Duplicate(Placement),
     /// Stored before with another payload.
     Conflict(Placement),
+    /// Not stored: its inventory delta cannot be applied (a transfer without a valid
+    /// destination, or a change that would overflow a counter).
+    Invalid {
+        /// The field to blame.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// An event to append, with the lane the configuration gives its kind.
@@ -128,6 +146,7 @@ enum Command {
     Append { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>> },
     RecordAck { lane: Lane, through: u64 },
     Prune { received_before_ms: u64, reply: oneshot::Sender<Result<u64, StoreError>> },
+    Merge { update: InventoryUpdate, reply: oneshot::Sender<Result<(), StoreError>> },
 }
 
 /// Per-lane positions: `head` is the highest durable seq, `acked` the relay's watermark.
@@ -158,21 +177,35 @@ pub struct Store {
     positions: watch::Receiver<PerLane<LanePosition>>,
     stats: Arc<WriterStats>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    actor: Actor,
+    inventory: Arc<RwLock<Inventory>>,
+    inventory_version: watch::Receiver<u64>,
 }
 
 impl Store {
     /// Opens the store in `dir`, creating it (with a new random epoch) if it does not
     /// exist, and starts the writer thread.
-    pub fn open(dir: &Path, new_epoch: impl FnOnce() -> u64) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, node_id: NodeId, new_epoch: impl FnOnce() -> u64) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
         let db = Database::create(&path).db()?;
         let epoch = init_meta(&db, &path, new_epoch)?;
         let positions = load_positions(&db)?;
+        let (inventory, version) = load_inventory(&db)?;
+        let actor = Actor { node_id, epoch };
+        let inventory = Arc::new(RwLock::new(inventory));
         let db = Arc::new(db);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let (positions_tx, positions_rx) = watch::channel(positions);
+        let (version_tx, version_rx) = watch::channel(version);
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer { db: db.clone(), positions: positions_tx, stats: stats.clone() };
+        let writer = Writer {
+            db: db.clone(),
+            positions: positions_tx,
+            stats: stats.clone(),
+            actor: actor.clone(),
+            inventory: inventory.clone(),
+            inventory_version: version_tx,
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
@@ -185,7 +218,33 @@ impl Store {
             positions: positions_rx,
             stats,
             writer: Arc::new(Mutex::new(Some(handle))),
+            actor,
+            inventory,
+            inventory_version: version_rx,
         })
+    }
+
+    /// This store's inventory actor: the node and the store's epoch.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Reads the node's inventory replica (its own counters and what it merged).
+    pub fn with_inventory<T>(&self, f: impl FnOnce(&Inventory) -> T) -> T {
+        f(&self.inventory.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The relay inventory version merged durably.
+    pub fn inventory_version(&self) -> u64 {
+        *self.inventory_version.borrow()
+    }
+
+    /// Merges inventory from the relay durably; for an update marked complete, records
+    /// its version too.
+    pub async fn merge_inventory(&self, update: InventoryUpdate) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Merge { update, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The store's epoch.
@@ -311,6 +370,7 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
     txn.open_table(EVENTS).db()?;
     txn.open_table(IDS).db()?;
     txn.open_table(LANES).db()?;
+    txn.open_table(STOCK).db()?;
     txn.commit().db()?;
     Ok(Epoch(epoch))
 }
@@ -326,6 +386,29 @@ fn load_positions(db: &Database) -> Result<PerLane<LanePosition>, StoreError> {
         }
     }
     Ok(out)
+}
+
+fn load_inventory(db: &Database) -> Result<(Inventory, u64), StoreError> {
+    let txn = db.begin_read().db()?;
+    let table = txn.open_table(STOCK).db()?;
+    let mut inventory = Inventory::new();
+    for row in table.iter().db()? {
+        let (_, bytes) = row.db()?;
+        inventory.merge(&decode_stock(bytes.value())?);
+    }
+    let meta = txn.open_table(META).db()?;
+    let version = meta.get("inventory_version").db()?.map_or(0, |v| v.value());
+    Ok((inventory, version))
+}
+
+/// A `stock` row holds one key's counters as a one-key [`Inventory`], so that loading
+/// is a merge.
+fn decode_stock(bytes: &[u8]) -> Result<Inventory, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        lane: Lane::Standard,
+        seq: 0,
+        reason: format!("stock row: {e}"),
+    })
 }
 
 fn decode_record(lane: Lane, seq: u64, bytes: &[u8]) -> Result<Record, StoreError> {
@@ -349,12 +432,39 @@ struct Writer {
     db: Arc<Database>,
     positions: watch::Sender<PerLane<LanePosition>>,
     stats: Arc<WriterStats>,
+    actor: Actor,
+    inventory: Arc<RwLock<Inventory>>,
+    inventory_version: watch::Sender<u64>,
+}
+
+/// What a group changes in the inventory, applied to the shared replica only once the
+/// group has committed: every key touched, with its whole new state.
+struct Overlay<'a> {
+    replica: &'a Inventory,
+    changed: Inventory,
+    version: Option<u64>,
+}
+
+impl Overlay<'_> {
+    /// The merged value of `key` as this group sees it.
+    fn value(&mut self, key: &StockKey) -> i64 {
+        self.touch(key);
+        self.changed.value(key).unwrap_or(0)
+    }
+
+    /// Brings `key`'s current state into the overlay before it changes.
+    fn touch(&mut self, key: &StockKey) {
+        if self.changed.stock(key).is_none() {
+            self.changed.merge(&self.replica.restrict([key]));
+        }
+    }
 }
 
 /// Where to answer a command once its group has committed.
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Outcome>, StoreError>>),
     Prune(oneshot::Sender<Result<u64, StoreError>>),
+    Merge(oneshot::Sender<Result<(), StoreError>>),
     None,
 }
 
@@ -369,6 +479,7 @@ enum Op {
     Append(Vec<NewEvent>),
     RecordAck { lane: Lane, through: u64 },
     Prune { received_before_ms: u64 },
+    Merge(InventoryUpdate),
 }
 
 fn split(command: Command) -> (Op, Reply) {
@@ -378,6 +489,7 @@ fn split(command: Command) -> (Op, Reply) {
         Command::Prune { received_before_ms, reply } => {
             (Op::Prune { received_before_ms }, Reply::Prune(reply))
         }
+        Command::Merge { update, reply } => (Op::Merge(update), Reply::Merge(reply)),
     }
 }
 
@@ -399,17 +511,31 @@ impl Writer {
         let (ops, replies): (Vec<Op>, Vec<Reply>) = group.into_iter().map(split).unzip();
         let mut positions = *self.positions.borrow();
         let mut appended = 0u64;
-        match self.apply(ops, &mut positions, &mut appended) {
+        let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
+        let mut overlay = Overlay { replica: &replica, changed: Inventory::new(), version: None };
+        let result = self.apply(ops, &mut positions, &mut overlay, &mut appended);
+        let Overlay { changed, version, .. } = overlay;
+        drop(replica);
+        match result {
             Ok(done) => {
                 if appended > 0 {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(appended, Ordering::Relaxed);
+                }
+                if !changed.is_empty() {
+                    // The overlay holds each touched key's whole new state, so the join
+                    // is the replacement.
+                    self.inventory.write().unwrap_or_else(PoisonError::into_inner).merge(&changed);
+                }
+                if let Some(version) = version {
+                    self.inventory_version.send_replace(version);
                 }
                 self.positions.send_replace(positions);
                 for (reply, done) in replies.into_iter().zip(done) {
                     match (reply, done) {
                         (Reply::Append(tx), Done::Append(outcomes)) => drop(tx.send(Ok(outcomes))),
                         (Reply::Prune(tx), Done::Prune(n)) => drop(tx.send(Ok(n))),
+                        (Reply::Merge(tx), _) => drop(tx.send(Ok(()))),
                         _ => {}
                     }
                 }
@@ -422,6 +548,7 @@ impl Writer {
                     match reply {
                         Reply::Append(tx) => drop(tx.send(Err(err))),
                         Reply::Prune(tx) => drop(tx.send(Err(err))),
+                        Reply::Merge(tx) => drop(tx.send(Err(err))),
                         Reply::None => {}
                     }
                 }
@@ -429,12 +556,13 @@ impl Writer {
         }
     }
 
-    /// Applies a group in one transaction. `positions` is a copy that becomes the
-    /// published state only if the commit succeeds.
+    /// Applies a group in one transaction. `positions` and `overlay` become the published
+    /// state only if the commit succeeds.
     fn apply(
         &self,
         ops: Vec<Op>,
         positions: &mut PerLane<LanePosition>,
+        overlay: &mut Overlay<'_>,
         appended: &mut u64,
     ) -> Result<Vec<Done>, StoreError> {
         let mut txn = self.db.begin_write().db()?;
@@ -447,14 +575,11 @@ impl Writer {
             let received_at_ms = now_ms();
             for op in ops {
                 done.push(match op {
-                    Op::Append(batch) => Done::Append(append(
-                        &mut events,
-                        &mut ids,
-                        positions,
-                        batch,
-                        received_at_ms,
-                        appended,
-                    )?),
+                    Op::Append(batch) => {
+                        let mut tables = Tables { events: &mut events, ids: &mut ids };
+                        let at = received_at_ms;
+                        Done::Append(self.append(&mut tables, positions, overlay, batch, at, appended)?)
+                    }
                     Op::RecordAck { lane, through } => {
                         let pos = positions.get_mut(lane);
                         pos.acked = through.min(pos.head);
@@ -463,81 +588,132 @@ impl Writer {
                     Op::Prune { received_before_ms } => {
                         Done::Prune(prune(&mut events, &mut ids, positions, received_before_ms)?)
                     }
+                    Op::Merge(update) => {
+                        for (key, _) in update.state.iter() {
+                            overlay.touch(key);
+                        }
+                        overlay.changed.merge(&update.state);
+                        if update.complete {
+                            overlay.version = Some(update.through_version);
+                        }
+                        Done::None
+                    }
                 });
             }
             let mut lanes = txn.open_table(LANES).db()?;
             for (lane, pos) in positions.iter() {
                 lanes.insert(lane as u8, (pos.head, pos.acked)).db()?;
             }
+            let mut stock = txn.open_table(STOCK).db()?;
+            for (key, _) in overlay.changed.iter() {
+                let row = overlay.changed.restrict([key]);
+                let bytes =
+                    postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                stock.insert((key.sku.as_str(), key.location.as_str()), bytes.as_slice()).db()?;
+            }
+            if let Some(version) = overlay.version {
+                txn.open_table(META).db()?.insert("inventory_version", version).db()?;
+            }
         }
         txn.commit().db()?;
         Ok(done)
     }
+
+    /// Appends new events (answering repeats from what is stored) and moves this node's
+    /// own inventory counters by their deltas, all in the caller's transaction.
+    fn append(
+        &self,
+        tables: &mut Tables<'_, '_>,
+        positions: &mut PerLane<LanePosition>,
+        overlay: &mut Overlay<'_>,
+        batch: Vec<NewEvent>,
+        received_at_ms: u64,
+        appended: &mut u64,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for NewEvent { event, lane } in batch {
+            if let Some(outcome) = repeat_of(tables, &event)? {
+                outcomes.push(outcome);
+                continue;
+            }
+            let deltas = match deltas_of(&event, |key| overlay.value(key)) {
+                Ok(deltas) => deltas,
+                Err(e) => {
+                    outcomes.push(Outcome::Invalid { field: e.what, reason: e.reason });
+                    continue;
+                }
+            };
+            // Every delta is tried on a copy first, so an event moves all its keys or none.
+            let mut trial = Inventory::new();
+            for delta in &deltas {
+                overlay.touch(&delta.key);
+                trial.merge(&overlay.changed.restrict([&delta.key]));
+            }
+            if let Some(e) = deltas.iter().find_map(|d| trial.apply(&self.actor, d).err()) {
+                outcomes.push(Outcome::Invalid { field: "qty", reason: e.to_string() });
+                continue;
+            }
+            overlay.changed.merge(&trial);
+            let pos = positions.get_mut(lane);
+            let seq = Seq::after(pos.head).ok_or(StoreError::Corrupt {
+                lane,
+                seq: pos.head,
+                reason: "overflow".into(),
+            })?;
+            // Paired with the relay's check: seqs of a lane are gapless and start at 1.
+            assert_eq!(seq.get(), pos.head + 1, "lane {lane} seq must follow its head");
+            let record = Record { received_at_ms, event, deltas };
+            let bytes = postcard::to_allocvec(&record).map_err(|e| StoreError::Corrupt {
+                lane,
+                seq: seq.get(),
+                reason: e.to_string(),
+            })?;
+            tables.events.insert((lane as u8, seq.get()), bytes.as_slice()).db()?;
+            tables.ids.insert(record.event.event_id.as_str(), (lane as u8, seq.get())).db()?;
+            pos.head = seq.get();
+            *appended += 1;
+            outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The tables an append writes.
+struct Tables<'a, 't> {
+    events: &'a mut EventsTable<'t>,
+    ids: &'a mut IdsTable<'t>,
+}
+
+/// The answer to an event whose `event_id` is stored already: a duplicate if the
+/// payload is the same, a conflict if not; `None` for a new id.
+fn repeat_of(tables: &mut Tables<'_, '_>, event: &Event) -> Result<Option<Outcome>, StoreError> {
+    let Some((stored_lane, seq)) = tables.ids.get(event.event_id.as_str()).db()?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let stored_lane = lane_of(stored_lane)?;
+    let Some(bytes) = tables.events.get((stored_lane as u8, seq)).db()? else {
+        return Err(StoreError::Corrupt { lane: stored_lane, seq, reason: "id without event".into() });
+    };
+    let record = decode_record(stored_lane, seq, bytes.value())?;
+    let seq = Seq::new(seq).ok_or(StoreError::Corrupt { lane: stored_lane, seq, reason: "seq 0".into() })?;
+    let placement = Placement { lane: stored_lane, seq, received_at_ms: record.received_at_ms };
+    Ok(Some(if record.event == *event {
+        Outcome::Duplicate(placement)
+    } else {
+        Outcome::Conflict(placement)
+    }))
 }
 
 fn group_events(command: &Command) -> usize {
     match command {
         Command::Append { events, .. } => events.len(),
         Command::RecordAck { .. } | Command::Prune { .. } => 1,
+        Command::Merge { update, .. } => update.state.len(),
     }
 }
 
 type EventsTable<'t> = redb::Table<'t, (u8, u64), &'static [u8]>;
 type IdsTable<'t> = redb::Table<'t, &'static str, (u8, u64)>;
-
-fn append(
-    events: &mut EventsTable<'_>,
-    ids: &mut IdsTable<'_>,
-    positions: &mut PerLane<LanePosition>,
-    batch: Vec<NewEvent>,
-    received_at_ms: u64,
-    appended: &mut u64,
-) -> Result<Vec<Outcome>, StoreError> {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for NewEvent { event, lane } in batch {
-        let existing = ids.get(event.event_id.as_str()).db()?.map(|v| v.value());
-        if let Some((stored_lane, seq)) = existing {
-            let stored_lane = lane_of(stored_lane)?;
-            let bytes = events.get((stored_lane as u8, seq)).db()?;
-            let Some(bytes) = bytes else {
-                return Err(StoreError::Corrupt {
-                    lane: stored_lane,
-                    seq,
-                    reason: "id without event".into(),
-                });
-            };
-            let record = decode_record(stored_lane, seq, bytes.value())?;
-            let seq = Seq::new(seq).ok_or(StoreError::Corrupt { lane, seq, reason: "seq 0".into() })?;
-            let placement = Placement { lane: stored_lane, seq, received_at_ms: record.received_at_ms };
-            outcomes.push(if record.event == event {
-                Outcome::Duplicate(placement)
-            } else {
-                Outcome::Conflict(placement)
-            });
-            continue;
-        }
-        let pos = positions.get_mut(lane);
-        let seq = Seq::after(pos.head).ok_or(StoreError::Corrupt {
-            lane,
-            seq: pos.head,
-            reason: "overflow".into(),
-        })?;
-        // Paired with the relay's check: seqs of a lane are gapless and start at 1.
-        assert_eq!(seq.get(), pos.head + 1, "lane {lane} seq must follow its head");
-        let record = Record { received_at_ms, event };
-        let bytes = postcard::to_allocvec(&record).map_err(|e| StoreError::Corrupt {
-            lane,
-            seq: seq.get(),
-            reason: e.to_string(),
-        })?;
-        events.insert((lane as u8, seq.get()), bytes.as_slice()).db()?;
-        ids.insert(record.event.event_id.as_str(), (lane as u8, seq.get())).db()?;
-        pos.head = seq.get();
-        *appended += 1;
-        outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
-    }
-    Ok(outcomes)
-}
 
 fn prune(
     events: &mut EventsTable<'_>,

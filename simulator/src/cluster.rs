@@ -102,6 +102,19 @@ impl Cluster {
     /// Issues a certificate for `node_id` and prepares (does not start) a node replicating
     /// to the relay, with `extra_args` appended to its command line.
     pub fn add_node(&mut self, node_id: &str, extra_args: Vec<String>) -> Result<&mut Node, ClusterError> {
+        let relay = self.relay.quic_addr();
+        self.add_node_via(node_id, relay, extra_args)
+    }
+
+    /// Like [`Cluster::add_node`], but the node dials `relay` instead of the relay's own
+    /// address: a proxy in front of the relay, which must forward to it. The relay's
+    /// certificate is valid for `127.0.0.1`, so any address on loopback passes TLS.
+    pub fn add_node_via(
+        &mut self,
+        node_id: &str,
+        relay: std::net::SocketAddr,
+        extra_args: Vec<String>,
+    ) -> Result<&mut Node, ClusterError> {
         let cert = self.pki.node(node_id, REGION)?;
         let node = Node::new(
             &self.bins.node,
@@ -109,7 +122,7 @@ impl Cluster {
                 node_id: node_id.to_owned(),
                 data_dir: self.dir.path().join(format!("{node_id}-data")),
                 log: self.dir.path().join(format!("{node_id}.log")),
-                relays: vec![self.relay.quic_addr()],
+                relays: vec![relay],
                 ca: self.pki.ca.clone(),
                 cert,
                 extra_args,

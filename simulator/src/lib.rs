@@ -42,6 +42,7 @@
 
 pub mod api;
 pub mod bins;
+pub mod chaos;
 pub mod check;
 pub mod cluster;
 pub mod demo;
@@ -49,3 +50,4 @@ pub mod ledger;
 pub mod pki;
 pub mod process;
 pub mod scanner;
+pub mod sim;

@@ -28,6 +28,30 @@ enum Command {
         #[arg(long, env = "OUTPOST_SEED", default_value_t = 42)]
         seed: u64,
     },
+    /// Runs chaos scenarios (TOML): the real relay and nodes behind a fault-injecting UDP
+    /// proxy, process kills and freezes on a timeline, then heal, convergence and a verdict
+    /// per invariant. Exits 0 only if every invariant of every scenario held.
+    Chaos {
+        /// Scenario files, such as simulator/scenarios/wan-flap.toml.
+        #[arg(required = true)]
+        scenarios: Vec<std::path::PathBuf>,
+        /// The quick variant: every step time scaled by the scenario's quick_scale.
+        #[arg(long)]
+        quick: bool,
+        /// Scale every step time by this factor instead (overrides --quick).
+        #[arg(long)]
+        scale: Option<f64>,
+        /// Override the scenarios' seeds.
+        #[arg(long, env = "OUTPOST_SEED")]
+        seed: Option<u64>,
+        /// Write the reports as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
+    },
+    /// The deterministic simulation: node and relay protocol cores in virtual time under
+    /// seeded network faults, crashes and store wipes, with the invariant checker. Runs
+    /// --seeds in parallel, or replays one --seed with its full trace.
+    Sim(simulator::sim::cli::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +59,11 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Demo { scanners, seed } => run_demo(DemoConfig { scanners, seed, ..DemoConfig::default() }),
+        Command::Chaos { scenarios, quick, scale, seed, json } => {
+            let options = simulator::chaos::scenario::LoadOptions { quick, scale, seed };
+            run_chaos(&scenarios, &options, json.as_deref())
+        }
+        Command::Sim(args) => run_sim(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,4 +84,23 @@ fn run_demo(config: DemoConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     // The live view goes to stdout; diagnostics go to stderr.
     runtime.block_on(demo::run(&config, &mut std::io::stdout()))
+}
+
+fn run_chaos(
+    files: &[std::path::PathBuf],
+    options: &simulator::chaos::scenario::LoadOptions,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    // The timeline goes to stdout; diagnostics go to stderr.
+    runtime.block_on(simulator::chaos::run_files(files, options, json, &mut std::io::stdout())).map(drop)
+}
+
+fn run_sim(args: &simulator::sim::cli::SimArgs) -> anyhow::Result<()> {
+    // The report and any replayed trace go to stdout.
+    if simulator::sim::cli::run(args, &mut std::io::stdout())? {
+        Ok(())
+    } else {
+        anyhow::bail!("the simulation broke an invariant; the seed and its replay command are above")
+    }
 }

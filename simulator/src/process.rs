@@ -235,6 +235,24 @@ impl Daemon {
         Ok(None)
     }
 
+    /// SIGSTOP: the child stays alive but runs no code, like a frozen VM or a process
+    /// stuck on a dead disk; its sockets keep receiving into their buffers. Does nothing
+    /// when no child runs. A frozen child can still be killed.
+    pub fn freeze(&self) -> Result<(), ProcessError> {
+        match self.pid() {
+            Some(pid) => self.signal(pid, Signal::SIGSTOP),
+            None => Ok(()),
+        }
+    }
+
+    /// SIGCONT: a frozen child runs again. Does nothing when no child runs.
+    pub fn thaw(&self) -> Result<(), ProcessError> {
+        match self.pid() {
+            Some(pid) => self.signal(pid, Signal::SIGCONT),
+            None => Ok(()),
+        }
+    }
+
     /// Kills the running child (SIGKILL) and starts it again on the same data directory
     /// and ports.
     pub async fn restart(&mut self) -> Result<(), ProcessError> {

@@ -44,6 +44,10 @@ pub struct ScannerConfig {
     pub give_up_after: Duration,
     /// The seed of the scanner's choices.
     pub seed: u64,
+    /// Relative weights of the event kinds posted; empty for the built-in mix (scans most,
+    /// then picks, ships, receipts and adjustments). Unknown kinds are posted as given and
+    /// answered 422.
+    pub kinds: Vec<(String, u32)>,
 }
 
 impl ScannerConfig {
@@ -62,6 +66,7 @@ impl ScannerConfig {
             pause: Duration::ZERO,
             give_up_after: Duration::from_secs(60),
             seed: 0,
+            kinds: Vec::new(),
         }
     }
 }
@@ -202,16 +207,19 @@ impl Scanner {
             ("transfer", 5),
         ];
         const LOCATIONS: [&str; 6] = ["DOCK-1", "DOCK-2", "DOCK-3", "A-01-01", "A-01-02", "B-07-03"];
-        let total: u32 = KINDS.iter().map(|(_, w)| w).sum();
+        let custom: Vec<(&str, u32)> = self.config.kinds.iter().map(|(k, w)| (k.as_str(), *w)).collect();
+        let weights: &[(&str, u32)] = if custom.iter().any(|(_, w)| *w > 0) { &custom } else { &KINDS };
+        let total: u32 = weights.iter().map(|(_, w)| w).sum();
         let mut pick = self.rng.random_range(0..total);
-        let mut kind = "scan";
-        for (k, w) in KINDS {
+        let mut kind = "scan".to_owned();
+        for &(k, w) in weights {
             if pick < w {
-                kind = k;
+                k.clone_into(&mut kind);
                 break;
             }
             pick -= w;
         }
+        let kind = kind.as_str();
         let qty: i64 = match kind {
             "adjust" => self.rng.random_range(-5..=5),
             "scan" => 1,
@@ -222,7 +230,15 @@ impl Scanner {
         let shipment =
             matches!(kind, "ship" | "dispatch").then(|| format!("SHP-{}", self.rng.random_range(0..10_000)));
         let order = (kind == "pick").then(|| format!("ORD-{}", self.rng.random_range(0..10_000)));
-        let attrs = if kind == "ship" { json!({"carrier": "dhl"}) } else { json!({}) };
+        let attrs = match kind {
+            "ship" => json!({"carrier": "dhl"}),
+            // A transfer names its destination, another location than its source.
+            "transfer" => {
+                let to = LOCATIONS.iter().find(|l| **l != location).copied().unwrap_or("A-01-01");
+                json!({ sync_protocol::inventory::TRANSFER_TO: to })
+            }
+            _ => json!({}),
+        };
         let occurred_at = self.rng.random_bool(0.5).then_some("2026-11-21T10:15:00Z");
         json!({
             "event_id": event_id, "kind": kind, "sku": sku, "location": location, "qty": qty,

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, Lane, Location, ParseError, Sku, check_printable};
+use crate::inventory::Delta;
 
 /// Most entries in an event's `attrs` map (API.md).
 pub const ATTRS_MAX: usize = 16;
@@ -198,7 +199,13 @@ pub struct Record {
     pub received_at_ms: u64,
     /// The event as posted.
     pub event: Event,
+    /// Its inventory deltas, fixed by the node on acceptance ([`crate::inventory::deltas_of`]):
+    /// none for a scan, one for most kinds, two for a transfer.
+    pub deltas: Vec<Delta>,
 }
+
+/// Most deltas one event carries (a transfer: out of one location, into another).
+pub const DELTAS_MAX: usize = 2;
 
 #[cfg(test)]
 mod tests;

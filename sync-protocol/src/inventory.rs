@@ -85,7 +85,7 @@ pub enum InventoryError {
 /// The deltas of an accepted event, given `view`, the node's current merged value of a
 /// key (used only by `count`). A `scan` changes nothing and yields no delta; a
 /// `transfer` yields two, out of `location` and into `attrs.to_location`.
-pub fn deltas_of(event: &Event, view: impl Fn(&StockKey) -> i64) -> Result<Vec<Delta>, ParseError> {
+pub fn deltas_of(event: &Event, mut view: impl FnMut(&StockKey) -> i64) -> Result<Vec<Delta>, ParseError> {
     let key = StockKey { sku: event.sku.clone(), location: event.location.clone() };
     let qty = event.qty;
     let one = |change: i64, key: StockKey| if change == 0 { Vec::new() } else { vec![Delta { key, change }] };
@@ -102,7 +102,10 @@ pub fn deltas_of(event: &Event, view: impl Fn(&StockKey) -> i64) -> Result<Vec<D
         Kind::Transfer => {
             let to = transfer_destination(event)?;
             if to == event.location {
-                return Err(ParseError::new("attrs", "a transfer needs a to_location other than its location"));
+                return Err(ParseError::new(
+                    "attrs",
+                    "a transfer needs a to_location other than its location",
+                ));
             }
             let into = StockKey { sku: event.sku.clone(), location: to };
             let mut out = one(-qty, key);
@@ -114,10 +117,9 @@ pub fn deltas_of(event: &Event, view: impl Fn(&StockKey) -> i64) -> Result<Vec<D
 
 /// The destination of a transfer: `attrs.to_location`, a valid [`Location`].
 pub fn transfer_destination(event: &Event) -> Result<Location, ParseError> {
-    let to = event
-        .attrs
-        .get(TRANSFER_TO)
-        .ok_or_else(|| ParseError::new("attrs", format!("a transfer names its destination in attrs.{TRANSFER_TO}")))?;
+    let to = event.attrs.get(TRANSFER_TO).ok_or_else(|| {
+        ParseError::new("attrs", format!("a transfer names its destination in attrs.{TRANSFER_TO}"))
+    })?;
     to.parse::<Location>().map_err(|e| ParseError::new("attrs", format!("{TRANSFER_TO}: {}", e.reason)))
 }
 
@@ -222,10 +224,8 @@ impl Inventory {
     /// The part of this replica that covers `keys`: the delta-state to send a replica
     /// that may be behind on exactly those keys.
     pub fn restrict<'a>(&self, keys: impl IntoIterator<Item = &'a StockKey>) -> Inventory {
-        let stock = keys
-            .into_iter()
-            .filter_map(|k| self.stock.get(k).map(|s| (k.clone(), s.clone())))
-            .collect();
+        let stock =
+            keys.into_iter().filter_map(|k| self.stock.get(k).map(|s| (k.clone(), s.clone()))).collect();
         Inventory { stock }
     }
 

@@ -52,6 +52,8 @@ impl Accepted {
 #[derive(Debug, Clone)]
 struct Session {
     epoch: Epoch,
+    /// The inventory version the node reported in its Hello.
+    inventory_version: u64,
     durable: PerLane<u64>,
     pending: PerLane<u64>,
     /// The `from_seq` of the last Resync sent per lane, so that the batches already in
@@ -84,6 +86,7 @@ impl Receiver {
         }
         self.session = Some(Session {
             epoch: hello.epoch,
+            inventory_version: hello.inventory_version,
             durable: stored,
             pending: stored,
             resync_sent: PerLane::default(),
@@ -174,6 +177,11 @@ impl Receiver {
     /// The epoch of the welcomed session.
     pub fn epoch(&self) -> Option<Epoch> {
         self.session.as_ref().map(|s| s.epoch)
+    }
+
+    /// The relay inventory version the node has merged, as its Hello said (0 before).
+    pub fn node_inventory_version(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.inventory_version)
     }
 
     /// The durable watermark of `lane` in this session.

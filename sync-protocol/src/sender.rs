@@ -17,7 +17,8 @@ use rand::Rng;
 use crate::ProtocolViolation;
 use crate::ids::{Epoch, Lane, NodeIdentity, PerLane, Seq};
 use crate::wire::{
-    BATCH_EVENTS_MAX, BATCHES_IN_FLIGHT_MAX, Hello, Message, PROTOCOL_VERSION, Refuse, RefuseReason,
+    BATCH_EVENTS_MAX, BATCHES_IN_FLIGHT_MAX, Hello, InventoryUpdate, Message, PROTOCOL_VERSION, Refuse,
+    RefuseReason,
 };
 
 /// How the sender behaves; the defaults suit a site on a flaky WAN.
@@ -90,6 +91,9 @@ pub enum SenderEvent {
     /// The relay refused the node. The shell logs it, closes the connection and calls
     /// [`Sender::handle_disconnected`].
     Refused(Refuse),
+    /// Merged inventory from the relay: the shell merges it durably and, for the update
+    /// marked complete, calls [`Sender::handle_inventory_merged`].
+    Inventory(InventoryUpdate),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub struct Sender {
     lanes: PerLane<LaneState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SenderEvent>,
+    /// The relay inventory version merged durably, for the next Hello.
+    inventory_version: u64,
 }
 
 impl Sender {
@@ -146,7 +152,14 @@ impl Sender {
             lanes,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            inventory_version: 0,
         }
+    }
+
+    /// The shell made the relay's inventory through `version` durable (or loaded that
+    /// version at start-up): the next Hello asks only for what changed after it.
+    pub fn handle_inventory_merged(&mut self, version: u64) {
+        self.inventory_version = version;
     }
 
     /// The store committed `lane` through `head`.
@@ -165,6 +178,7 @@ impl Sender {
             region: self.config.identity.region.clone(),
             epoch: self.config.epoch,
             heads: PerLane::from_fn(|lane| self.lanes.get(lane).head),
+            inventory_version: self.inventory_version,
         };
         self.transmits.push_back(Transmit::Control(Message::Hello(hello)));
     }
@@ -248,6 +262,11 @@ impl Sender {
                 state.next = from.max(state.acked + 1);
                 state.in_flight.clear();
                 self.fill_windows();
+                Ok(())
+            }
+            Message::Inventory(update) => {
+                self.expect_ready("inventory")?;
+                self.events.push_back(SenderEvent::Inventory(update));
                 Ok(())
             }
             Message::Hello(_) | Message::Batch(_) => {

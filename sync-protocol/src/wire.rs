@@ -11,8 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Record;
+use crate::event::{DELTAS_MAX, Record};
 use crate::ids::{Epoch, Lane, NodeId, ParseError, PerLane, Region, Seq};
+use crate::inventory::Inventory;
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -45,6 +46,8 @@ pub enum Message {
     Ack(Ack),
     /// Relay → node: a batch left a gap; send again from `from_seq`.
     Resync(Resync),
+    /// Relay → node, on the control stream: merged inventory the node may be behind on.
+    Inventory(InventoryUpdate),
 }
 
 /// Who the node is and how far each of its lanes goes.
@@ -60,6 +63,9 @@ pub struct Hello {
     pub epoch: Epoch,
     /// Highest seq the node holds per lane (0 for none).
     pub heads: PerLane<u64>,
+    /// The relay inventory version the node has merged durably (0 for none): the relay
+    /// sends what changed after it.
+    pub inventory_version: u64,
 }
 
 /// Limits the relay asks the node to keep.
@@ -168,6 +174,20 @@ pub struct Resync {
     pub from_seq: Seq,
 }
 
+/// Merged inventory from the relay: the counters of every key that changed after the
+/// version the node reported. Large updates come in several messages; the node merges
+/// each as it arrives (merging is idempotent) and records `through_version` when the
+/// one marked `complete` is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryUpdate {
+    /// The relay's inventory version this update brings the node up to.
+    pub through_version: u64,
+    /// The counters of the keys that changed.
+    pub state: Inventory,
+    /// Whether this is the last message of the update.
+    pub complete: bool,
+}
+
 /// QUIC application close codes. Each error class closes with exactly one code.
 pub mod close {
     /// A clean shutdown of either side.
@@ -241,6 +261,12 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     if let Message::Batch(batch) = &msg {
         for record in &batch.events {
             record.event.validate()?;
+            if record.deltas.len() > DELTAS_MAX {
+                return Err(DecodeError::Invalid(ParseError::new(
+                    "deltas",
+                    format!("{} deltas on one event; at most {DELTAS_MAX}", record.deltas.len()),
+                )));
+            }
         }
     }
     Ok(msg)

@@ -113,6 +113,7 @@ fn record(lane: Lane, seq: u64, received_at_ms: u64) -> Record {
     };
     Record {
         received_at_ms,
+        deltas: Vec::new(),
         event: Event {
             event_id: format!("{lane}-{seq}").parse().unwrap(),
             kind,
@@ -398,6 +399,9 @@ impl Sim {
                 self.dial = Some((self.now + latency, ok));
             }
             SenderEvent::Welcomed { .. } => self.count("welcomes"),
+            SenderEvent::Inventory(update) => {
+                self.fail(format!("the relay sent no inventory, yet the node got {update:?}"));
+            }
             SenderEvent::Acked { lane, through } => {
                 let stored = self.relay_store.get(lane).len() as u64;
                 if through > stored {

@@ -34,6 +34,7 @@ async fn hello(conn: &quinn::Connection, node_id: &str) -> Message {
         region: REGION.parse().unwrap(),
         epoch: Epoch(0xfeed),
         heads: PerLane::default(),
+        inventory_version: 0,
     };
     send.write_all(&Message::Hello(hello).encode()).await.unwrap();
     let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX);

@@ -8,6 +8,7 @@
 mod bad_frames;
 mod bad_input;
 mod certificates;
+mod chaos;
 mod epochs;
 mod group_commit;
 mod replication;

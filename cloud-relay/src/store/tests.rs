@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use sync_protocol::inventory::{Delta, StockKey};
 use sync_protocol::{Event, Kind};
 
 use super::*;
@@ -11,10 +12,19 @@ fn node(id: &str) -> NodeIdentity {
     NodeIdentity::from_uri(&format!("outpost://eu-west/{id}")).unwrap()
 }
 
+fn stock_key() -> StockKey {
+    StockKey { sku: "SKU-1".parse().unwrap(), location: "DOCK-1".parse().unwrap() }
+}
+
+fn stock(store: &Store) -> i64 {
+    store.with_inventory(|inv| inv.merged().value(&stock_key()).unwrap())
+}
+
 fn records(first: u64, n: u64) -> Vec<Record> {
     (first..first + n)
         .map(|i| Record {
             received_at_ms: 1_000 + i,
+            deltas: vec![Delta { key: stock_key(), change: -1 }],
             event: Event {
                 event_id: format!("e{i}").parse().unwrap(),
                 kind: Kind::Ship,
@@ -144,4 +154,28 @@ fn a_store_of_another_format_is_refused() {
     }
     let err = Store::open(dir.path()).err().unwrap();
     assert!(matches!(err, StoreError::FormatVersion { found: 99, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn each_delta_is_applied_once_behind_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        append(&store, "n1", 7, Lane::Critical, 1, 5).await.unwrap();
+        append(&store, "n1", 7, Lane::Critical, 3, 6).await.unwrap();
+        let _ = append(&store, "n1", 7, Lane::Critical, 20, 2).await;
+        append(&store, "n2", 1, Lane::Critical, 1, 2).await.unwrap();
+        assert_eq!(stock(&store), -10, "8 + 2 events shipped one each; overlaps and gaps add nothing");
+        let exceptions: Vec<String> =
+            store.with_inventory(|inv| inv.exceptions().map(|(k, _)| k.to_string()).collect());
+        assert_eq!(exceptions, ["SKU-1@DOCK-1"]);
+        // Version of the last change is the log's next offset.
+        let changed = store.with_inventory(|inv| inv.changes_since(9).len());
+        assert_eq!(changed, 1);
+        store.close().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -10, "the merged inventory is durable");
+    append(&store, "n1", 7, Lane::Critical, 1, 9).await.unwrap();
+    assert_eq!(stock(&store), -11, "only seq 9 is new after the reopen");
 }

@@ -25,13 +25,26 @@ fn event(id: &str, kind: Kind, qty: i64) -> NewEvent {
 fn seq_of(o: &Outcome) -> (Lane, u64) {
     match o {
         Outcome::Created(p) | Outcome::Duplicate(p) | Outcome::Conflict(p) => (p.lane, p.seq.get()),
+        Outcome::Invalid { reason, .. } => panic!("invalid: {reason}"),
     }
+}
+
+fn node() -> NodeId {
+    "store-1".parse().unwrap()
+}
+
+fn key(location: &str) -> StockKey {
+    StockKey { sku: "SKU-1".parse().unwrap(), location: location.parse().unwrap() }
+}
+
+fn value(store: &Store, location: &str) -> i64 {
+    store.with_inventory(|inv| inv.value(&key(location)).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_gapless_per_lane_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), || 42).unwrap();
+    let store = Store::open(dir.path(), node(), || 42).unwrap();
     let out = store
         .append(vec![event("a", Kind::Ship, 1), event("b", Kind::Scan, 0), event("c", Kind::Ship, 2)])
         .await
@@ -53,7 +66,7 @@ async fn appends_are_gapless_per_lane_and_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), || 42).unwrap();
+    let store = Store::open(dir.path(), node(), || 42).unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let store = store.clone();
@@ -73,11 +86,11 @@ async fn concurrent_appends_share_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_keeps_the_epoch_and_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), || 7).unwrap();
+    let store = Store::open(dir.path(), node(), || 7).unwrap();
     store.append(vec![event("a", Kind::Receive, 5)]).await.unwrap();
     store.record_ack(Lane::Standard, 1).await.unwrap();
     store.close();
-    let store = Store::open(dir.path(), || panic!("an existing store draws no new epoch")).unwrap();
+    let store = Store::open(dir.path(), node(), || panic!("an existing store draws no new epoch")).unwrap();
     assert_eq!(store.epoch(), Epoch(7));
     assert_eq!(store.positions().borrow().get(Lane::Standard).head, 1);
     assert!(store.get(&"a".parse().unwrap()).unwrap().is_some());
@@ -87,7 +100,7 @@ async fn reopening_keeps_the_epoch_and_the_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_takes_only_acknowledged_events() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), || 1).unwrap();
+    let store = Store::open(dir.path(), node(), || 1).unwrap();
     let batch = (0..5).map(|i| event(&format!("p{i}"), Kind::Pick, 1)).collect();
     store.append(batch).await.unwrap();
     store.record_ack(Lane::Standard, 3).await.unwrap();
@@ -97,4 +110,75 @@ async fn pruning_takes_only_acknowledged_events() {
     assert!(store.get(&"p3".parse().unwrap()).unwrap().is_some(), "unacked events stay");
     assert_eq!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().len(), 2);
     store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_deltas_move_the_inventory_with_the_append_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 5).unwrap();
+    let mut transfer = event("t", Kind::Transfer, 4);
+    transfer.event.attrs.insert("to_location".into(), "BIN-2".into());
+    let out = store
+        .append(vec![
+            event("r", Kind::Receive, 10),
+            event("p", Kind::Pick, 3),
+            transfer,
+            event("s", Kind::Scan, 1),
+        ])
+        .await
+        .unwrap();
+    assert!(out.iter().all(|o| matches!(o, Outcome::Created(_))), "{out:?}");
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2")), (3, 4));
+    // A count is stored as its variance against the view at that moment.
+    store.append(vec![event("c", Kind::Count, 5)]).await.unwrap();
+    assert_eq!(value(&store, "BIN-1"), 5);
+    let (_, record) = store.get(&"c".parse().unwrap()).unwrap().unwrap();
+    assert_eq!(record.deltas.iter().map(|d| d.change).collect::<Vec<_>>(), [2]);
+    // A repeat changes nothing.
+    store.append(vec![event("r", Kind::Receive, 10)]).await.unwrap();
+    assert_eq!(value(&store, "BIN-1"), 5);
+    store.close();
+
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2")), (5, 4));
+    let contributions: Vec<_> = store.with_inventory(|inv| {
+        inv.stock(&key("BIN-1")).unwrap().contributions().map(|(a, v)| (a.clone(), v)).collect()
+    });
+    assert_eq!(contributions, [(store.actor().clone(), Some(5))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_without_a_destination_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 5).unwrap();
+    let out = store.append(vec![event("t", Kind::Transfer, 4), event("r", Kind::Receive, 1)]).await.unwrap();
+    assert!(matches!(&out[0], Outcome::Invalid { field: "attrs", .. }), "{out:?}");
+    assert!(matches!(&out[1], Outcome::Created(p) if p.seq == Seq::FIRST), "{out:?}");
+    assert_eq!(value(&store, "BIN-1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_inventory_and_its_version_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 5).unwrap();
+    store.append(vec![event("r", Kind::Receive, 10)]).await.unwrap();
+    let other = Actor { node_id: "store-2".parse().unwrap(), epoch: Epoch(9) };
+    let mut theirs = Inventory::new();
+    theirs.apply(&other, &sync_protocol::inventory::Delta { key: key("BIN-1"), change: -4 }).unwrap();
+    let partial = InventoryUpdate { through_version: 17, state: theirs.clone(), complete: false };
+    store.merge_inventory(partial).await.unwrap();
+    assert_eq!(value(&store, "BIN-1"), 6);
+    assert_eq!(store.inventory_version(), 0, "only a complete update moves the version");
+    store
+        .merge_inventory(InventoryUpdate { through_version: 17, state: theirs, complete: true })
+        .await
+        .unwrap();
+    assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (6, 17), "merging again changes nothing");
+    store.close();
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (6, 17));
+    // The node's own count now sees the merged value.
+    store.append(vec![event("c", Kind::Count, 6)]).await.unwrap();
+    let (_, record) = store.get(&"c".parse().unwrap()).unwrap().unwrap();
+    assert!(record.deltas.is_empty(), "a count that matches the merged view changes nothing");
 }

@@ -30,6 +30,7 @@ fn hello(uri: &str) -> Hello {
         region: id.region,
         epoch: EPOCH,
         heads: PerLane([9; 3]),
+        inventory_version: 0,
     }
 }
 
@@ -37,6 +38,7 @@ fn hello(uri: &str) -> Hello {
 fn record(seq: u64) -> Record {
     Record {
         received_at_ms: seq,
+        deltas: Vec::new(),
         event: Event {
             event_id: format!("ev-{seq}").parse().unwrap(),
             kind: Kind::Ship,

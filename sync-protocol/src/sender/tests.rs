@@ -115,6 +115,7 @@ fn hello_carries_identity_epoch_and_heads() {
         region: "eu-west".parse().unwrap(),
         epoch: EPOCH,
         heads: PerLane([4, 3, 9]),
+        inventory_version: 0,
     };
     assert_eq!(transmits(&mut sender), [Transmit::Control(Message::Hello(hello))]);
     // Nothing is sent before the Welcome says where each lane resumes.

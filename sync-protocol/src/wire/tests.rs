@@ -10,6 +10,7 @@ use crate::event::{
     ATTR_KEY_BYTES_MAX, ATTR_VALUE_BYTES_MAX, ATTRS_MAX, Event, Kind, QTY_ABS_MAX, TEXT_BYTES_MAX,
 };
 use crate::ids::{EVENT_ID_BYTES_MAX, ITEM_BYTES_MAX};
+use crate::inventory::{Delta, StockKey};
 
 fn event(event_id: &str, kind: Kind, qty: i64) -> Event {
     Event {
@@ -27,7 +28,10 @@ fn event(event_id: &str, kind: Kind, qty: i64) -> Event {
 }
 
 fn record(seq: u64) -> Record {
-    Record { received_at_ms: seq, event: event(&format!("ev-{seq}"), Kind::Ship, 2) }
+    let event = event(&format!("ev-{seq}"), Kind::Ship, 2);
+    let delta =
+        Delta { key: StockKey { sku: event.sku.clone(), location: event.location.clone() }, change: -2 };
+    Record { received_at_ms: seq, event, deltas: vec![delta] }
 }
 
 fn hello() -> Message {
@@ -37,6 +41,7 @@ fn hello() -> Message {
         region: "eu-west".parse().unwrap(),
         epoch: Epoch(0xdead_beef),
         heads: PerLane([17, 0, u64::MAX]),
+        inventory_version: 7,
     })
 }
 
@@ -251,7 +256,7 @@ fn events_are_validated_while_decoding() {
         Message::Batch(Batch {
             lane: Lane::Standard,
             first_seq: Seq::FIRST,
-            events: vec![record(1), Record { received_at_ms: 0, event }],
+            events: vec![record(1), Record { received_at_ms: 0, event, deltas: Vec::new() }],
         })
         .encode()
     };
@@ -273,11 +278,24 @@ fn extreme_quantities_are_refused_without_panicking() {
         let frame = Message::Batch(Batch {
             lane: Lane::Standard,
             first_seq: Seq::FIRST,
-            events: vec![Record { received_at_ms: 0, event: event("a", Kind::Adjust, qty) }],
+            events: vec![Record {
+                received_at_ms: 0,
+                event: event("a", Kind::Adjust, qty),
+                deltas: Vec::new(),
+            }],
         })
         .encode();
         check_refused(body(&frame), "invalid");
     }
+}
+
+/// The largest deltas an event carries: a transfer between the longest locations.
+fn largest_deltas() -> Vec<Delta> {
+    let key = |l: &str| StockKey {
+        sku: "s".repeat(ITEM_BYTES_MAX).parse().unwrap(),
+        location: l.repeat(ITEM_BYTES_MAX).parse().unwrap(),
+    };
+    vec![Delta { key: key("l"), change: -QTY_ABS_MAX }, Delta { key: key("m"), change: QTY_ABS_MAX }]
 }
 
 /// The largest event a scanner can post.
@@ -285,6 +303,7 @@ fn largest_record() -> Record {
     let text = |c: char, n: usize| Some(c.to_string().repeat(n));
     Record {
         received_at_ms: u64::MAX,
+        deltas: largest_deltas(),
         event: Event {
             event_id: "e".repeat(EVENT_ID_BYTES_MAX).parse().unwrap(),
             kind: Kind::Adjust,
@@ -435,7 +454,11 @@ fn valid_event() -> impl Strategy<Value = Event> {
 }
 
 fn valid_record() -> impl Strategy<Value = Record> {
-    (any::<u64>(), valid_event()).prop_map(|(received_at_ms, event)| Record { received_at_ms, event })
+    (any::<u64>(), valid_event(), any::<i64>()).prop_map(|(received_at_ms, event, change)| {
+        let key = StockKey { sku: event.sku.clone(), location: event.location.clone() };
+        let deltas = if change % 3 == 0 { Vec::new() } else { vec![Delta { key, change }] };
+        Record { received_at_ms, event, deltas }
+    })
 }
 
 fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
@@ -448,9 +471,9 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    let hello = (any::<u16>(), name(), name(), any::<u64>(), per_lane()).prop_map(
-        |(version, node_id, region, epoch, heads)| {
-            Message::Hello(Hello { version, node_id, region, epoch: Epoch(epoch), heads })
+    let hello = (any::<u16>(), name(), name(), any::<u64>(), per_lane(), any::<u64>()).prop_map(
+        |(version, node_id, region, epoch, heads, inventory_version)| {
+            Message::Hello(Hello { version, node_id, region, epoch: Epoch(epoch), heads, inventory_version })
         },
     );
     let limits = any::<(u32, u32, u32)>().prop_map(|(a, b, c)| Limits {
