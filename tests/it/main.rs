@@ -11,6 +11,7 @@ mod certificates;
 mod chaos;
 mod epochs;
 mod group_commit;
+mod inventory;
 mod replication;
 
 use std::sync::Arc;

@@ -1,0 +1,209 @@
+//! Inventory end to end (PROTOCOL.md, "Inventory CRDT"): concurrent offline moves on two
+//! nodes converge everywhere to the sum of all deltas, negative merged stock is listed as
+//! an exception, and relay restarts and node power cuts apply no delta twice and lose none.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use simulator::cluster::Cluster;
+use simulator::ledger::Ledger;
+use simulator::process::Node;
+
+use crate::{join_all, scanner_configs, spawn_scanners};
+
+/// `(sku, location)` → `(node_id/epoch)` → value.
+type Contributions = BTreeMap<(String, String), BTreeMap<String, i64>>;
+
+async fn post(node: &Node, event: Value) -> u16 {
+    let resp = reqwest::Client::new().post(node.events_url()).json(&event).send().await.unwrap();
+    resp.status().as_u16()
+}
+
+async fn get(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}")).await.unwrap().json().await.unwrap()
+}
+
+/// Every delta in the relay log, folded per key and actor: what every replica must show.
+async fn fold_of_log(cluster: &Cluster) -> Contributions {
+    let base = cluster.relay.client().base().to_owned();
+    let mut out = Contributions::new();
+    let mut from = 0;
+    loop {
+        let page = get(&base, &format!("/v1/log?from={from}&limit=10000")).await;
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return out;
+        }
+        for e in events {
+            let actor = format!("{}/{}", e["node_id"].as_str().unwrap(), e["epoch"].as_str().unwrap());
+            for d in e["deltas"].as_array().unwrap() {
+                let key = (d["sku"].as_str().unwrap().to_owned(), d["location"].as_str().unwrap().to_owned());
+                *out.entry(key).or_default().entry(actor.clone()).or_default() +=
+                    d["change"].as_i64().unwrap();
+            }
+        }
+        from = page["next"].as_u64().unwrap();
+    }
+}
+
+/// What one replica (`/v1/inventory/{sku}` of a node or the relay) says of `skus`:
+/// contributions per key and actor, and the merged value it reports per key.
+async fn replica(
+    base: &str,
+    skus: &[String],
+    merged_field: &str,
+) -> (Contributions, BTreeMap<(String, String), i64>) {
+    let mut contributions = Contributions::new();
+    let mut merged = BTreeMap::new();
+    for sku in skus {
+        let view = get(base, &format!("/v1/inventory/{sku}")).await;
+        for loc in view["locations"].as_array().unwrap() {
+            let key = (sku.clone(), loc["location"].as_str().unwrap().to_owned());
+            merged.insert(key.clone(), loc[merged_field].as_i64().unwrap());
+            for a in loc["actors"].as_array().unwrap() {
+                let actor = format!("{}/{}", a["node_id"].as_str().unwrap(), a["epoch"].as_str().unwrap());
+                let value = a["value"].as_i64().unwrap();
+                if value != 0 {
+                    contributions.entry(key.clone()).or_default().insert(actor, value);
+                }
+            }
+        }
+    }
+    (contributions, merged)
+}
+
+fn without_zeros(mut c: Contributions) -> Contributions {
+    for actors in c.values_mut() {
+        actors.retain(|_, v| *v != 0);
+    }
+    c.retain(|_, actors| !actors.is_empty());
+    c
+}
+
+/// Waits until the relay and every node hold exactly the fold of the relay log, per key
+/// and actor, and report merged values equal to its sums. Returns the merged values.
+async fn converged(cluster: &Cluster, timeout: Duration) -> BTreeMap<(String, String), i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let fold = without_zeros(fold_of_log(cluster).await);
+        let skus: Vec<String> = {
+            let mut s: Vec<String> = fold.keys().map(|(sku, _)| sku.clone()).collect();
+            s.dedup();
+            s
+        };
+        let sums: BTreeMap<(String, String), i64> =
+            fold.iter().map(|(k, actors)| (k.clone(), actors.values().sum())).collect();
+        let mut mismatch = None;
+        for node in &cluster.nodes {
+            let backlog = node.client().node_status().await.map_or(u64::MAX, |s| s.backlog_events());
+            if backlog > 0 {
+                mismatch = Some(format!("{}: {backlog} events not yet at the relay", node.name()));
+            }
+        }
+        let relay_base = cluster.relay.client().base().to_owned();
+        let mut replicas = vec![("relay".to_owned(), relay_base, "value")];
+        for node in &cluster.nodes {
+            replicas.push((node.name().to_owned(), node.client().base().to_owned(), "merged"));
+        }
+        if mismatch.is_some() {
+            replicas.clear();
+        }
+        for (name, base, field) in &replicas {
+            let (contributions, merged) = replica(base, &skus, field).await;
+            let merged_nonzero: BTreeMap<_, _> =
+                merged.into_iter().filter(|(k, _)| fold.contains_key(k)).collect();
+            if contributions != fold {
+                mismatch = Some(format!("{name}: contributions differ from the fold of the relay log"));
+            } else if merged_nonzero != sums {
+                mismatch = Some(format!("{name}: merged values differ from the sums of the relay log"));
+            }
+            if mismatch.is_some() {
+                break;
+            }
+        }
+        match mismatch {
+            None => return sums,
+            Some(why) => assert!(Instant::now() < deadline, "inventory did not converge: {why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_offline_picks_and_counts_converge_and_negative_stock_is_listed() {
+    let mut cluster = Cluster::start(&["store-a", "store-b"]).await.unwrap();
+    let ev = |id: &str, kind: &str, qty: i64| json!({"event_id": id, "kind": kind, "sku": "SKU-7", "location": "A-01", "qty": qty});
+    assert_eq!(post(&cluster.nodes[0], ev("a-recv", "receive", 10)).await, 201);
+    let merged = converged(&cluster, Duration::from_secs(30)).await;
+    assert_eq!(merged[&("SKU-7".to_owned(), "A-01".to_owned())], 10);
+
+    // The WAN is down for both sites: each sees only its own moves.
+    cluster.relay.kill().unwrap();
+    assert_eq!(post(&cluster.nodes[0], ev("a-pick", "pick", 8)).await, 201);
+    assert_eq!(post(&cluster.nodes[1], ev("b-pick", "pick", 7)).await, 201);
+    // Each counts what it believes is left (a: 10-8 = 2, b: 10-7 = 3) and finds one less.
+    assert_eq!(post(&cluster.nodes[0], ev("a-count", "count", 1)).await, 201);
+    assert_eq!(post(&cluster.nodes[1], ev("b-count", "count", 2)).await, 201);
+    let local = get(cluster.nodes[1].client().base(), "/v1/inventory/SKU-7").await;
+    assert_eq!(local["locations"][0]["merged"], 2, "{local}");
+
+    cluster.relay.start().await.unwrap();
+    let merged = converged(&cluster, Duration::from_secs(40)).await;
+    // 10 received, 8 and 7 picked, each count a variance of -1.
+    assert_eq!(merged[&("SKU-7".to_owned(), "A-01".to_owned())], -7);
+    let exceptions = get(cluster.relay.client().base(), "/v1/exceptions").await;
+    let listed = exceptions["exceptions"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{exceptions}");
+    assert_eq!((listed[0]["sku"].as_str(), listed[0]["value"].as_i64()), (Some("SKU-7"), Some(-7)));
+    assert_eq!(listed[0]["actors"].as_array().unwrap().len(), 2, "both sites contributed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restarts_mid_merge_and_node_power_cuts_apply_each_delta_once() {
+    let mut cluster = Cluster::start(&["store-a", "store-b"]).await.unwrap();
+    let ledger = Arc::new(Ledger::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut configs = Vec::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        configs.extend(scanner_configs(node, &format!("hs{n}"), 3, 400, 11 + n as u64, |c| {
+            c.array_ratio = 0.4;
+            c.array_events_max = 20;
+            c.duplicate_ratio = 0.05;
+            c.pause = Duration::from_millis(5);
+            c.give_up_after = Duration::from_secs(40);
+            c.kinds = [("receive", 20), ("pick", 20), ("adjust", 10), ("count", 10), ("transfer", 10)]
+                .into_iter()
+                .map(|(k, w)| (k.to_owned(), w))
+                .collect();
+        }));
+    }
+    let scanners = spawn_scanners(configs, &ledger, &stop);
+    let wait_for = |n: u64| {
+        let ledger = ledger.clone();
+        async move {
+            while ledger.accepted_count() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(600).await;
+    // The relay dies while it is pushing merged state to both nodes.
+    cluster.relay.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.relay.start().await.unwrap();
+    wait_for(1_200).await;
+    // A power cut at a node in the middle of its commits.
+    cluster.nodes[0].restart().await.unwrap();
+    wait_for(1_800).await;
+    cluster.relay.kill().unwrap();
+    cluster.relay.start().await.unwrap();
+    join_all(scanners).await;
+
+    let data = ledger.snapshot();
+    cluster.wait_replicated(&data, Duration::from_secs(60)).await.unwrap();
+    let merged = converged(&cluster, Duration::from_secs(40)).await;
+    assert!(merged.len() > 100, "the workload touched {} keys", merged.len());
+}
