@@ -37,6 +37,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/inventory", get(inventory_at))
         .route("/v1/inventory/{sku}", get(inventory_of))
         .route("/v1/exceptions", get(exceptions))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .with_state(shared)
@@ -145,6 +146,16 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
         })
         .collect();
     Ok(Json(json!({"nodes": nodes})).into_response())
+}
+
+/// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &shared.metrics) {
+        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(e) => ApiError::Store(StoreError::CommitFailed(format!("encoding metrics: {e}"))).into_response(),
+    }
 }
 
 /// Every actor's contribution to a key.

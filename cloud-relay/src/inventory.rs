@@ -66,7 +66,7 @@ impl RelayInventory {
         let mut keys: Vec<&StockKey> = Vec::new();
         let mut entries = 0;
         for key in self.by_version.range(version.saturating_add(1)..).flat_map(|(_, keys)| keys) {
-            let cost = 1 + self.merged.stock(key).map_or(0, |s| s.contributions().count());
+            let cost = 1 + self.merged.stock(key).map_or(0, |s| s.contributions().size_hint().0);
             if entries + cost > UPDATE_ENTRIES_MAX && !keys.is_empty() {
                 chunks.push(self.merged.restrict(keys.drain(..)));
                 entries = 0;

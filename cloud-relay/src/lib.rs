@@ -79,7 +79,16 @@ pub async fn run(
     );
 
     let receiver = ReceiverConfig { relay_id: name, region, limits: Limits::default() };
-    let shared = Arc::new(Shared { store: store.clone(), receiver, connections: Connections::default() });
+    let connections = Connections::default();
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("outpost_relay");
+    store.stats().register(&mut metrics);
+    metrics.register("connections", "Node connections welcomed and open", connections.gauge.clone());
+    metrics.register(
+        "connections_closed",
+        "Node connections closed, by reason (refusals, bad frames, losses, shutdown)",
+        connections.closed.clone(),
+    );
+    let shared = Arc::new(Shared { store: store.clone(), receiver, connections, metrics });
     let (stop_tx, stop_rx) = watch::channel(false);
     let quic = tokio::spawn(server::serve(endpoint, shared.clone(), config.connections_max, stop_rx.clone()));
     let served = daemon::serve_http_until(listener, http::router(shared), shutdown, &stop_tx).await;

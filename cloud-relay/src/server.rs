@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use sync_protocol::wire::{FrameDecoder, close};
 use sync_protocol::{
     DecodeError, Epoch, InventoryUpdate, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation,
@@ -37,6 +41,18 @@ const INBOX_FRAMES: usize = 32;
 pub struct Connections {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<NodeId, (u64, quinn::Connection)>>,
+    /// Welcomed connections now, for `/metrics`.
+    pub gauge: Gauge,
+    /// Connections closed, by reason, for `/metrics`.
+    pub closed: Family<ReasonLabel, Counter>,
+}
+
+/// The `reason` label of [`Connections::closed`]: a close-code class or a
+/// refusal reason, from a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: &'static str,
 }
 
 impl Connections {
@@ -49,7 +65,11 @@ impl Connections {
     /// that reconnects before its old connection timed out must not be served twice.
     fn register(&self, node_id: &NodeId, conn: &quinn::Connection) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, old)) = self.lock().insert(node_id.clone(), (id, conn.clone())) {
+        let replaced = self.lock().insert(node_id.clone(), (id, conn.clone()));
+        if replaced.is_none() {
+            self.gauge.inc();
+        }
+        if let Some((_, old)) = replaced {
             tracing::info!(node = %node_id, "a newer connection of this node supersedes the old one");
             old.close(close::REFUSED.into(), b"superseded: this node connected again");
         }
@@ -60,6 +80,7 @@ impl Connections {
         let mut live = self.lock();
         if live.get(node_id).is_some_and(|(current, _)| *current == id) {
             live.remove(node_id);
+            self.gauge.dec();
         }
     }
 
@@ -76,6 +97,8 @@ pub struct Shared {
     pub receiver: ReceiverConfig,
     /// Live connections.
     pub connections: Connections,
+    /// Everything `/metrics` shows.
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 /// Accepts connections until `shutdown` turns true, then closes every connection with
@@ -134,6 +157,19 @@ enum ConnError {
 }
 
 impl ConnError {
+    /// The `reason` label of this close on `/metrics`.
+    fn label(&self) -> &'static str {
+        match self {
+            ConnError::HelloTimeout => "hello_timeout",
+            ConnError::Refused(refuse) => refuse.reason.as_str(),
+            ConnError::Decode(_) => "decode_error",
+            ConnError::Violation(_) => "protocol_violation",
+            ConnError::Store(_) => "store_failed",
+            ConnError::Lost(_) => "lost",
+            ConnError::Shutdown => "shutdown",
+        }
+    }
+
     fn close_code(&self) -> u32 {
         match self {
             ConnError::Refused(_) => close::REFUSED,
@@ -179,6 +215,8 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
             ConnError::Refused(refuse) => tracing::warn!(reason = refuse.reason.as_str(), "{error}"),
             _ => tracing::warn!(%error, "closing the connection"),
         }
+        let label = ReasonLabel { reason: error.label() };
+        shared.connections.closed.get_or_create(&label).inc();
         let reason = error.to_string();
         conn.close(error.close_code().into(), &reason.as_bytes()[..reason.len().min(512)]);
     }

@@ -28,10 +28,12 @@
 //! twice.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sync_protocol::inventory::{Actor, Inventory};
@@ -184,15 +186,42 @@ enum Command {
     Close,
 }
 
-/// Counters of the writer, for metrics and benchmarks.
+/// Counters of the writer, exported on `/metrics`.
 #[derive(Debug, Default)]
 pub struct WriterStats {
     /// Write transactions that appended at least one event.
-    pub commits: AtomicU64,
+    pub commits: Counter,
     /// Events appended to the log.
-    pub events: AtomicU64,
+    pub events: Counter,
     /// Events dropped as already stored (overlapping retransmissions).
-    pub skipped: AtomicU64,
+    pub skipped: Counter,
+    /// Inventory keys whose merged value is below zero now.
+    pub exceptions: Gauge,
+    /// Times a key's merged value went below zero.
+    pub exceptions_raised: Counter,
+}
+
+impl WriterStats {
+    /// Registers the counters under `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "commits",
+            "Write transactions that appended events (one fsync each)",
+            self.commits.clone(),
+        );
+        registry.register("events", "Events appended to the log", self.events.clone());
+        registry.register("events_skipped", "Retransmitted events already stored", self.skipped.clone());
+        registry.register(
+            "inventory_exceptions",
+            "Inventory keys with negative merged stock",
+            self.exceptions.clone(),
+        );
+        registry.register(
+            "inventory_exceptions_raised",
+            "Times a key's merged stock went below zero",
+            self.exceptions_raised.clone(),
+        );
+    }
 }
 
 /// A handle to the store: cheap to clone, usable from any task.
@@ -434,11 +463,13 @@ impl Writer {
                     let mut inventory = self.inventory.write().unwrap_or_else(PoisonError::into_inner);
                     for (key, value) in inventory.commit(&changed, next) {
                         tracing::warn!(%key, value, "negative merged stock: listed in /v1/exceptions");
+                        self.stats.exceptions_raised.inc();
                     }
+                    self.stats.exceptions.set(inventory.exceptions().count() as i64);
                 }
                 if next > start {
-                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    self.stats.events.fetch_add(next - start, Ordering::Relaxed);
+                    self.stats.commits.inc();
+                    self.stats.events.inc_by(next - start);
                     self.next_offset.send_replace(next);
                 }
                 for (p, result) in pending.into_iter().zip(results) {
@@ -510,7 +541,7 @@ impl Writer {
                         log.insert(*next, bytes.as_slice()).map_err(db)?;
                         *next += 1;
                     } else {
-                        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.skipped.inc();
                     }
                     seq += 1;
                 }

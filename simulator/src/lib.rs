@@ -14,7 +14,8 @@
 //! - [`check`] reads the relay log and checks it against the ledger: every accepted event
 //!   exactly once, in per-lane seq order, and nothing refused;
 //! - [`api`] holds typed views of the daemons' status and log answers;
-//! - [`demo`] is `outpost-sim demo`: all of the above through a WAN cut, with a live view.
+//! - [`demo`] is `outpost-sim demo`: all of the above through a WAN cut, with a live view;
+//! - [`bench`] is `outpost-sim bench`: the benchmarks of PERFORMANCE.md.
 //!
 //! The harness does not simulate the network: faults are process kills. The deterministic
 //! in-process simulation and the fault-injecting UDP proxy are separate layers.
@@ -41,6 +42,7 @@
 //! ```
 
 pub mod api;
+pub mod bench;
 pub mod bins;
 pub mod chaos;
 pub mod check;

@@ -52,6 +52,10 @@ enum Command {
     /// seeded network faults, crashes and store wipes, with the invariant checker. Runs
     /// --seeds in parallel, or replays one --seed with its full trace.
     Sim(simulator::sim::cli::SimArgs),
+    /// The benchmarks of PERFORMANCE.md: `bench <NAME|all> [--quick] [--json FILE]`. Prints
+    /// one row per bench (figure, same-run limit, ratio, target, pass/fail); exits 0 only
+    /// if every bench was correct and met its target (--quick judges correctness only).
+    Bench(simulator::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             run_chaos(&scenarios, &options, json.as_deref())
         }
         Command::Sim(args) => run_sim(&args),
+        Command::Bench(args) => run_bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +99,15 @@ fn run_chaos(
     let runtime = tokio::runtime::Runtime::new()?;
     // The timeline goes to stdout; diagnostics go to stderr.
     runtime.block_on(simulator::chaos::run_files(files, options, json, &mut std::io::stdout())).map(drop)
+}
+
+fn run_bench(args: &simulator::bench::BenchArgs) -> anyhow::Result<()> {
+    // The table goes to stdout.
+    if simulator::bench::run(args, &mut std::io::stdout())? {
+        Ok(())
+    } else {
+        anyhow::bail!("a bench was wrong or missed its target; see the table above")
+    }
 }
 
 fn run_sim(args: &simulator::sim::cli::SimArgs) -> anyhow::Result<()> {

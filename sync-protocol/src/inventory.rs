@@ -156,10 +156,58 @@ impl Stock {
         counter.apply(op);
     }
 
+    /// The join. A counter equal to ours is skipped (the join is idempotent), a counter
+    /// that differs is merged in place, and one we lack is cloned (its join with
+    /// nothing), so merging a replica that is mostly up to date clones almost nothing.
     fn merge(&mut self, other: &Stock) {
-        for (actor, theirs) in &other.actors {
-            self.actors.entry(actor.clone()).or_default().merge(theirs.clone());
+        join_maps(&mut self.actors, &other.actors, |mine, theirs| {
+            if mine != theirs {
+                mine.merge(theirs.clone());
+            }
+        });
+    }
+}
+
+/// Joins `other` into `into`, entry by entry: `join` for a key both hold, a clone for a
+/// key only `other` holds. Both maps are sorted, so a large `other` is walked in step
+/// with `into` (one comparison per entry instead of a lookup each); a small one is
+/// looked up key by key, so that a short update into a large replica costs only its own
+/// length.
+fn join_maps<K: Ord + Clone, V: Clone>(
+    into: &mut BTreeMap<K, V>,
+    other: &BTreeMap<K, V>,
+    mut join: impl FnMut(&mut V, &V),
+) {
+    if into.is_empty() {
+        into.clone_from(other);
+        return;
+    }
+    /// Below this share of `into`'s length, `other` is looked up key by key.
+    const LOOKUP_SHARE: usize = 16;
+    if other.len().saturating_mul(LOOKUP_SHARE) < into.len() {
+        for (key, theirs) in other {
+            match into.get_mut(key) {
+                Some(mine) => join(mine, theirs),
+                None => {
+                    into.insert(key.clone(), theirs.clone());
+                }
+            }
         }
+        return;
+    }
+    let mut missing = Vec::new();
+    let mut theirs = other.iter().peekable();
+    for (key, mine) in into.iter_mut() {
+        while let Some(entry) = theirs.next_if(|(k, _)| *k < key) {
+            missing.push(entry);
+        }
+        if let Some((_, value)) = theirs.next_if(|(k, _)| *k == key) {
+            join(mine, value);
+        }
+    }
+    missing.extend(theirs);
+    for (key, value) in missing {
+        into.insert(key.clone(), value.clone());
     }
 }
 
@@ -194,11 +242,10 @@ impl Inventory {
         Ok(())
     }
 
-    /// The CRDT join with `other`.
+    /// The CRDT join with `other`. Keys and counters that are already equal cost a
+    /// comparison and no allocation; only what changed is cloned.
     pub fn merge(&mut self, other: &Inventory) {
-        for (key, theirs) in &other.stock {
-            self.stock.entry(key.clone()).or_default().merge(theirs);
-        }
+        join_maps(&mut self.stock, &other.stock, Stock::merge);
     }
 
     /// The merged value of `key` (0 if unknown).

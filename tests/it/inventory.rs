@@ -159,6 +159,11 @@ async fn concurrent_offline_picks_and_counts_converge_and_negative_stock_is_list
     assert_eq!(listed.len(), 1, "{exceptions}");
     assert_eq!((listed[0]["sku"].as_str(), listed[0]["value"].as_i64()), (Some("SKU-7"), Some(-7)));
     assert_eq!(listed[0]["actors"].as_array().unwrap().len(), 2, "both sites contributed");
+    // And counted on /metrics.
+    let url = format!("{}/metrics", cluster.relay.client().base());
+    let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "outpost_relay_inventory_exceptions 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "outpost_relay_inventory_exceptions_raised_total 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,4 +211,34 @@ async fn relay_restarts_mid_merge_and_node_power_cuts_apply_each_delta_once() {
     cluster.wait_replicated(&data, Duration::from_secs(60)).await.unwrap();
     let merged = converged(&cluster, Duration::from_secs(40)).await;
     assert!(merged.len() > 100, "the workload touched {} keys", merged.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_gets_its_old_contributions_back_and_moves_on_as_a_new_actor() {
+    let mut cluster = Cluster::start(&["store-a"]).await.unwrap();
+    let ev = |id: &str, kind: &str, qty: i64| json!({"event_id": id, "kind": kind, "sku": "SKU-9", "location": "DOCK-1", "qty": qty});
+    assert_eq!(post(&cluster.nodes[0], ev("r1", "receive", 5)).await, 201);
+    converged(&cluster, Duration::from_secs(30)).await;
+    let old_epoch = cluster.nodes[0].client().node_status().await.unwrap().epoch;
+
+    cluster.nodes[0].wipe_data().unwrap();
+    cluster.nodes[0].start().await.unwrap();
+    let new_epoch = cluster.nodes[0].client().node_status().await.unwrap().epoch;
+    assert_ne!(old_epoch, new_epoch);
+    // The relay pushes the old actor's counters to the new store.
+    let merged = converged(&cluster, Duration::from_secs(30)).await;
+    assert_eq!(merged[&("SKU-9".to_owned(), "DOCK-1".to_owned())], 5);
+    assert_eq!(post(&cluster.nodes[0], ev("p1", "pick", 2)).await, 201);
+    let merged = converged(&cluster, Duration::from_secs(30)).await;
+    assert_eq!(merged[&("SKU-9".to_owned(), "DOCK-1".to_owned())], 3);
+    let view = get(cluster.nodes[0].client().base(), "/v1/inventory/SKU-9").await;
+    let actors: Vec<&str> = view["locations"][0]["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["epoch"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors.len(), 2, "{view}");
+    assert!(actors.contains(&old_epoch.as_str()) && actors.contains(&new_epoch.as_str()), "{view}");
+    assert_eq!(view["locations"][0]["local"], 3, "both epochs are this node's own: {view}");
 }

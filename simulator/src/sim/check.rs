@@ -6,15 +6,16 @@
 //! trace, so that it reads as a story and replays with `outpost-sim sim --seed`.
 //!
 //! Extension point: end-state checks implement [`FinalCheck`] and are listed in
-//! [`final_checks`]. The inventory checks (F1: every replica's value equals the fold of
-//! the relay log's deltas; F3: every negative merged value is reported) join there when
-//! the simulated stores carry inventory.
+//! [`final_checks`]. The inventory checks are there: F1 (every replica equals the relay's
+//! merged inventory, which equals the fold of the relay log's deltas per actor) and F3
+//! (every negative merged value is listed as an exception).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use sync_protocol::{Epoch, EventId, Lane, Record};
 
+use super::inventory::{self, Fold};
 use super::node::Node;
 use super::relay::{InjectedBug, LogEntry, RelayStore, StreamKey};
 use super::workload::Ledger;
@@ -59,12 +60,22 @@ pub enum Invariant {
     IdempotentAnswers,
     /// A well-formed peer never sees a protocol violation from an honest one.
     NoProtocolViolation,
+    /// A node's own inventory counters equal the fold of its own durable events
+    /// (PROTOCOL.md, "Inventory CRDT"), after every merge and every crash.
+    OwnStockIsFold,
     /// E1: every answered event of a live store reaches the relay log.
     EveryAnsweredEventAtRelay,
     /// E2: every backlog drains and every node is connected, within the budget.
     BacklogsDrain,
+    /// E3: every node's inventory replica converges to the relay's merged inventory.
+    InventoryConverges,
+    /// F1: every replica equals the relay's merged inventory, and that is the fold of
+    /// the relay log's deltas, per actor.
+    InventoryMatchesLog,
     /// F2: for every lane, the node's store and the relay's log agree.
     NodeAndRelayAgree,
+    /// F3: every key whose merged value is below zero is listed as an exception.
+    NegativeStockReported,
     /// Nothing panics, not the protocol core, not the simulator.
     NoPanic,
     /// The simulator itself went wrong (a workload it could not build).
@@ -82,9 +93,13 @@ impl Invariant {
             Invariant::AckAfterDurability => "A5",
             Invariant::IdempotentAnswers => "A6",
             Invariant::NoProtocolViolation => "A9",
+            Invariant::OwnStockIsFold => "INV",
             Invariant::EveryAnsweredEventAtRelay => "E1",
             Invariant::BacklogsDrain => "E2",
+            Invariant::InventoryConverges => "E3",
+            Invariant::InventoryMatchesLog => "F1",
             Invariant::NodeAndRelayAgree => "F2",
+            Invariant::NegativeStockReported => "F3",
             Invariant::NoPanic => "A9",
             Invariant::Harness => "SIM",
         }
@@ -100,9 +115,13 @@ impl Invariant {
             Invariant::AckAfterDurability => "ack after durability",
             Invariant::IdempotentAnswers => "idempotent answers",
             Invariant::NoProtocolViolation => "no protocol violation",
+            Invariant::OwnStockIsFold => "own inventory is the fold of own events",
             Invariant::EveryAnsweredEventAtRelay => "every answered event at the relay",
             Invariant::BacklogsDrain => "backlogs drain",
+            Invariant::InventoryConverges => "inventory converges",
+            Invariant::InventoryMatchesLog => "inventory is the fold of the log",
             Invariant::NodeAndRelayAgree => "node and relay agree",
+            Invariant::NegativeStockReported => "negative stock reported",
             Invariant::NoPanic => "no panic",
             Invariant::Harness => "simulator error",
         }
@@ -111,8 +130,12 @@ impl Invariant {
     /// When it must hold.
     pub fn modality(self) -> Modality {
         match self {
-            Invariant::EveryAnsweredEventAtRelay | Invariant::BacklogsDrain => Modality::Eventually,
-            Invariant::NodeAndRelayAgree => Modality::Finally,
+            Invariant::EveryAnsweredEventAtRelay
+            | Invariant::BacklogsDrain
+            | Invariant::InventoryConverges => Modality::Eventually,
+            Invariant::InventoryMatchesLog
+            | Invariant::NodeAndRelayAgree
+            | Invariant::NegativeStockReported => Modality::Finally,
             _ => Modality::Always,
         }
     }
@@ -272,9 +295,80 @@ pub trait FinalCheck {
     fn check(&self, end: &EndState<'_>) -> Result<(), String>;
 }
 
-/// Every end-state check, in order. Inventory checks (F1, F3) are added here.
+/// Every end-state check, in order.
 pub fn final_checks() -> Vec<Box<dyn FinalCheck>> {
-    vec![Box::new(NodeAndRelayAgree)]
+    vec![Box::new(NodeAndRelayAgree), Box::new(InventoryMatchesLog), Box::new(NegativeStockReported)]
+}
+
+/// F1: the relay's merged inventory is, per key and actor `(node, epoch)`, the sum of
+/// the deltas of that actor's records in the relay log, and every node's replica equals
+/// it (counter for counter, so also value for value).
+#[derive(Debug)]
+pub struct InventoryMatchesLog;
+
+impl FinalCheck for InventoryMatchesLog {
+    fn invariant(&self) -> Invariant {
+        Invariant::InventoryMatchesLog
+    }
+
+    fn check(&self, end: &EndState<'_>) -> Result<(), String> {
+        let mut fold = Fold::new();
+        for entry in &end.relay.log {
+            let Some(node) = end.nodes.get(entry.node) else {
+                return Err(format!("the relay log holds an entry of unknown node-{}", entry.node));
+            };
+            let actor = sync_protocol::inventory::Actor {
+                node_id: node.identity.node_id.clone(),
+                epoch: entry.epoch,
+            };
+            inventory::fold_into(&mut fold, &actor, &entry.record.deltas);
+        }
+        let merged = end.relay.inventory.merged();
+        if let Some(diff) = inventory::first_difference(&fold, &inventory::contributions(merged)) {
+            return Err(format!("the relay's merged inventory is not the fold of its log: {diff}"));
+        }
+        if end.relay.inventory_errors > 0 {
+            return Err(format!("the relay could not apply {} deltas", end.relay.inventory_errors));
+        }
+        for node in end.nodes {
+            if let Some(diff) = inventory::first_stock_difference(node.store.replica(), merged) {
+                return Err(format!(
+                    "node-{}/{} replica differs from the relay's: {diff}",
+                    node.index, node.store.epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// F3: the relay lists exactly the keys whose merged value is below zero.
+#[derive(Debug)]
+pub struct NegativeStockReported;
+
+impl FinalCheck for NegativeStockReported {
+    fn invariant(&self) -> Invariant {
+        Invariant::NegativeStockReported
+    }
+
+    fn check(&self, end: &EndState<'_>) -> Result<(), String> {
+        let inventory = &end.relay.inventory;
+        let negative: BTreeSet<_> = inventory
+            .merged()
+            .iter()
+            .filter(|(key, _)| inventory.merged().value(key).is_ok_and(|v| v < 0))
+            .map(|(key, _)| key)
+            .collect();
+        let listed: BTreeSet<_> = inventory.negative().iter().collect();
+        match negative.symmetric_difference(&listed).next() {
+            None => Ok(()),
+            Some(key) => Err(format!(
+                "{key} has merged value {:?} but is{} listed as an exception",
+                inventory.merged().value(key).ok(),
+                if listed.contains(key) { "" } else { " not" }
+            )),
+        }
+    }
 }
 
 /// F2 for the simulated stores: per lane, the relay log's entries of a node's current

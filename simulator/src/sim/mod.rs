@@ -10,6 +10,8 @@
 //! - [`net`]: QUIC-like connections and the ordered list of [`net::FaultRule`]s (the
 //!   module docs say how QUIC is modelled and how to add a rule);
 //! - [`disk`]: a disk that loses unsynced writes on a crash;
+//! - [`inventory`]: the relay's merged inventory with change versions, and the folds
+//!   the checker compares replicas with;
 //! - [`node`] and [`relay`]: the two processes, their stores and their crash points;
 //! - [`workload`]: scanners with retries, duplicates and conflicts, and the ledger of
 //!   their answers;
@@ -30,6 +32,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod disk;
+pub mod inventory;
 pub mod net;
 pub mod node;
 pub mod relay;

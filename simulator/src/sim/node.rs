@@ -5,11 +5,21 @@
 //! idempotency by `event_id` is checked in the same step (a repeat returns the original
 //! seq, another payload is a conflict); the acked watermark is written without a sync of
 //! its own, so a crash may take it back and the node resends what the relay then skips.
+//!
+//! The store also keeps the node's inventory replica, as the real store's `stock` table:
+//! an append computes the event's deltas against the merged replica ([`deltas_of`]) and
+//! moves the node's own actor by them in the same synced write, and an update from the
+//! relay is merged with one synced write of its own (recording the relay's version when
+//! the update is complete). After a crash the replica is therefore the fold of the
+//! durable own events and the durably merged updates, nothing more and nothing less.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity, PerLane, Record, Sender};
+use sync_protocol::inventory::{Actor, Delta, Inventory, StockKey, deltas_of};
+use sync_protocol::{
+    Epoch, Event, EventId, InventoryUpdate, Lane, NodeId, NodeIdentity, PerLane, Record, Sender,
+};
 
 use super::disk::SimDisk;
 
@@ -23,6 +33,8 @@ pub enum NodeOp {
         /// The event and its receive time, boxed so that the small writes stay small.
         record: Box<Record>,
     },
+    /// Inventory from the relay, merged; its version counts once the update is complete.
+    Merge(Box<InventoryUpdate>),
     /// The relay acknowledged the lane through a seq.
     Acked {
         /// The lane.
@@ -51,6 +63,9 @@ pub enum Appended {
     },
     /// Another payload was posted before under this id.
     Conflict,
+    /// Not stored: its inventory deltas cannot be applied (a transfer without a valid
+    /// destination, or a counter overflow).
+    Invalid,
 }
 
 /// The node's store, on a simulated disk.
@@ -62,17 +77,23 @@ pub struct NodeStore {
     lanes: PerLane<Vec<Record>>,
     ids: BTreeMap<EventId, (Lane, u64)>,
     acked: PerLane<u64>,
+    actor: Actor,
+    replica: Inventory,
+    inventory_version: u64,
 }
 
 impl NodeStore {
-    /// An empty store.
-    pub fn new(epoch: Epoch) -> Self {
+    /// An empty store of `node_id`: a new inventory actor.
+    pub fn new(node_id: NodeId, epoch: Epoch) -> Self {
         NodeStore {
             epoch,
             disk: SimDisk::default(),
             lanes: PerLane::default(),
             ids: BTreeMap::new(),
             acked: PerLane::default(),
+            actor: Actor { node_id, epoch },
+            replica: Inventory::new(),
+            inventory_version: 0,
         }
     }
 
@@ -84,11 +105,27 @@ impl NodeStore {
             return if same { Appended::Duplicate { lane, seq } } else { Appended::Conflict };
         }
         let lane = event.default_lane();
-        let record = Record { received_at_ms, event: event.clone(), deltas: Vec::new() };
+        // The deltas are fixed now, against the merged replica, and an event moves all
+        // its keys or none.
+        let Ok(deltas) = deltas_of(event, |key| self.replica.value(key).unwrap_or(0)) else {
+            return Appended::Invalid;
+        };
+        if !self.own_deltas_apply(&deltas) {
+            return Appended::Invalid;
+        }
+        let record = Record { received_at_ms, event: event.clone(), deltas };
         self.disk.write(NodeOp::Append { lane, record: Box::new(record.clone()) });
         self.disk.sync();
         let seq = self.apply_append(lane, record);
         Appended::Created { lane, seq }
+    }
+
+    /// Merges inventory from the relay with a synced write; for an update marked complete
+    /// the relay's version is recorded in the same write.
+    pub fn merge_inventory(&mut self, update: InventoryUpdate) {
+        self.apply_merge(&update);
+        self.disk.write(NodeOp::Merge(Box::new(update)));
+        self.disk.sync();
     }
 
     /// Records the relay's ack, without a sync: it becomes durable with the next append.
@@ -103,12 +140,15 @@ impl NodeStore {
         self.lanes = PerLane::default();
         self.ids.clear();
         self.acked = PerLane::default();
+        self.replica = Inventory::new();
+        self.inventory_version = 0;
         let ops = std::mem::take(&mut self.disk);
         for op in ops.synced() {
             match op {
                 NodeOp::Append { lane, record } => {
                     self.apply_append(*lane, (**record).clone());
                 }
+                NodeOp::Merge(update) => self.apply_merge(update),
                 NodeOp::Acked { lane, through } => *self.acked.get_mut(*lane) = *through,
             }
         }
@@ -142,7 +182,56 @@ impl NodeStore {
         self.ids.get(event_id).copied()
     }
 
+    /// This store's inventory actor.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// The inventory replica: the node's own counters and what it merged.
+    pub fn replica(&self) -> &Inventory {
+        &self.replica
+    }
+
+    /// The relay inventory version merged durably.
+    pub fn inventory_version(&self) -> u64 {
+        self.inventory_version
+    }
+
+    /// The fold of the own deltas of every stored event, per key.
+    pub fn own_fold(&self) -> BTreeMap<StockKey, i64> {
+        let mut fold = BTreeMap::new();
+        for lane in Lane::ALL {
+            for delta in self.lanes.get(lane).iter().flat_map(|r| &r.deltas) {
+                let sum: &mut i64 = fold.entry(delta.key.clone()).or_default();
+                *sum = sum.saturating_add(delta.change);
+            }
+        }
+        fold
+    }
+
+    /// Whether every own delta can be applied: the own counter of each key stays in
+    /// range (the keys of one event are distinct, so each is judged alone).
+    fn own_deltas_apply(&self, deltas: &[Delta]) -> bool {
+        deltas.iter().all(|d| {
+            let own = self.replica.stock(&d.key).map_or(Some(0), |s| s.contribution(&self.actor));
+            own.and_then(|c| c.checked_add(d.change)).is_some()
+        })
+    }
+
+    fn apply_merge(&mut self, update: &InventoryUpdate) {
+        self.replica.merge(&update.state);
+        if update.complete {
+            self.inventory_version = update.through_version;
+        }
+    }
+
     fn apply_append(&mut self, lane: Lane, record: Record) -> u64 {
+        // Checked before the write, so every delta applies on recovery as at the append.
+        if self.own_deltas_apply(&record.deltas) {
+            for delta in &record.deltas {
+                self.replica.apply(&self.actor, delta).ok();
+            }
+        }
         let records = self.lanes.get_mut(lane);
         let seq = records.len() as u64 + 1;
         self.ids.insert(record.event.event_id.clone(), (lane, seq));
@@ -191,6 +280,9 @@ pub struct Node {
     pub batch_events_max: u32,
     /// The sender's window.
     pub batches_in_flight_max: u32,
+    /// The checker's fold of the own deltas of the events this store answered, per key,
+    /// rebuilt from the durable records after a crash.
+    pub own_fold: BTreeMap<StockKey, i64>,
 }
 
 impl Node {

@@ -9,15 +9,23 @@
 //! receiver checked, because two connections of one node can overlap for a moment: the
 //! prefix at or below the stored watermark is skipped and a gap is refused.
 //!
+//! The deltas of the records the transaction stores are part of it: they move their
+//! actor's counters in the relay's inventory when the transaction is durable, so each is
+//! applied exactly once, and a restarted relay rebuilds its inventory from the durable
+//! transactions, as the real relay reads its `stock` table.
+//!
 //! [`InjectedBug`] breaks this on purpose, so that tests prove the checker notices.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
-use sync_protocol::{Epoch, Lane, PerLane, Receiver, Record, Seq};
+use sync_protocol::inventory::{Actor, Delta};
+use sync_protocol::{Epoch, Lane, NodeId, PerLane, Receiver, Record, Seq};
 
 use super::disk::SimDisk;
+use super::inventory::RelayInventory;
 
 /// A relay defect that the simulator can switch on to prove its checker fails. It exists
 /// only in the simulator: the real relay has no such switch.
@@ -27,17 +35,25 @@ pub enum InjectedBug {
     AckBeforeCommit,
     /// Store every batch whole, without skipping the prefix the relay already holds.
     ReapplyRetransmission,
+    /// Store the log right, but apply the inventory deltas of every record received,
+    /// including a retransmitted prefix the watermark already covers.
+    ReapplyRetransmittedDeltas,
 }
 
 impl InjectedBug {
     /// Every injectable bug.
-    pub const ALL: [InjectedBug; 2] = [InjectedBug::AckBeforeCommit, InjectedBug::ReapplyRetransmission];
+    pub const ALL: [InjectedBug; 3] = [
+        InjectedBug::AckBeforeCommit,
+        InjectedBug::ReapplyRetransmission,
+        InjectedBug::ReapplyRetransmittedDeltas,
+    ];
 
     /// The CLI name.
     pub fn as_str(self) -> &'static str {
         match self {
             InjectedBug::AckBeforeCommit => "ack-before-commit",
             InjectedBug::ReapplyRetransmission => "reapply-retransmission",
+            InjectedBug::ReapplyRetransmittedDeltas => "reapply-retransmitted-deltas",
         }
     }
 }
@@ -50,7 +66,7 @@ impl fmt::Display for InjectedBug {
 
 /// An unknown bug name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown bug {0:?}; one of ack-before-commit, reapply-retransmission")]
+#[error("unknown bug {0:?}; one of ack-before-commit, reapply-retransmission, reapply-retransmitted-deltas")]
 pub struct UnknownBug(pub String);
 
 impl FromStr for InjectedBug {
@@ -85,6 +101,8 @@ pub struct Txn {
     pub entries: Vec<LogEntry>,
     /// New watermarks.
     pub marks: Vec<(StreamKey, u64)>,
+    /// The inventory deltas of the new entries, with their actors.
+    pub deltas: Vec<(Actor, Delta)>,
     /// Records dropped because the stream's watermark already covered them.
     pub skipped: usize,
 }
@@ -96,6 +114,8 @@ pub struct Append {
     pub conn: u64,
     /// The node.
     pub node: usize,
+    /// Its id, which names its inventory actor with the epoch.
+    pub node_id: NodeId,
     /// Its epoch.
     pub epoch: Epoch,
     /// The lane.
@@ -128,6 +148,10 @@ pub struct RelayStore {
     pub log: Vec<LogEntry>,
     /// Durable watermark per stream.
     pub watermarks: BTreeMap<StreamKey, u64>,
+    /// The merged inventory of the durable transactions.
+    pub inventory: RelayInventory,
+    /// Deltas that could not be applied (a counter overflow), which the real relay logs.
+    pub inventory_errors: u64,
 }
 
 impl RelayStore {
@@ -142,6 +166,8 @@ impl RelayStore {
             let watermark =
                 marks.get(&key).or_else(|| self.watermarks.get(&key)).copied().unwrap_or_default();
             let reapply = bug == Some(InjectedBug::ReapplyRetransmission);
+            let reapply_deltas = bug == Some(InjectedBug::ReapplyRetransmittedDeltas);
+            let actor = Actor { node_id: append.node_id.clone(), epoch: append.epoch };
             if append.first_seq > watermark + 1 && !reapply {
                 outcomes.push(AppendOutcome::Gap { watermark });
                 continue;
@@ -156,8 +182,12 @@ impl RelayStore {
                         seq,
                         record: record.clone(),
                     });
+                    txn.deltas.extend(record.deltas.iter().map(|d| (actor.clone(), d.clone())));
                 } else {
                     txn.skipped += 1;
+                    if reapply_deltas {
+                        txn.deltas.extend(record.deltas.iter().map(|d| (actor.clone(), d.clone())));
+                    }
                 }
                 seq += 1;
             }
@@ -179,16 +209,18 @@ impl RelayStore {
         self.disk.write(txn);
     }
 
-    /// The fsync: what was written becomes durable and visible. Returns the new entries.
-    pub fn sync(&mut self) -> Vec<LogEntry> {
-        let fresh: Vec<Txn> = self.disk.unsynced().to_vec();
+    /// The fsync: what was written becomes durable and visible. Returns where the new
+    /// entries are in [`RelayStore::log`].
+    pub fn sync(&mut self) -> Range<usize> {
+        let start = self.log.len();
+        let first = self.disk.synced().len();
         self.disk.sync();
-        let mut entries = Vec::new();
-        for txn in fresh {
-            self.apply(&txn);
-            entries.extend(txn.entries);
+        let disk = std::mem::take(&mut self.disk);
+        for txn in &disk.synced()[first..] {
+            self.apply(txn);
         }
-        entries
+        self.disk = disk;
+        start..self.log.len()
     }
 
     /// A power cut and the restart after it.
@@ -196,6 +228,8 @@ impl RelayStore {
         let lost = self.disk.crash();
         self.log.clear();
         self.watermarks.clear();
+        self.inventory = RelayInventory::default();
+        self.inventory_errors = 0;
         let disk = std::mem::take(&mut self.disk);
         for txn in disk.synced() {
             self.apply(txn);
@@ -214,11 +248,18 @@ impl RelayStore {
         self.watermarks.get(&(node, epoch, lane)).copied().unwrap_or_default()
     }
 
+    /// The inventory version: the log's next offset. Every change up to it is durable.
+    pub fn inventory_version(&self) -> u64 {
+        self.log.len() as u64
+    }
+
     fn apply(&mut self, txn: &Txn) {
         self.log.extend(txn.entries.iter().cloned());
         for (key, mark) in &txn.marks {
             self.watermarks.insert(*key, *mark);
         }
+        let version = self.inventory_version();
+        self.inventory_errors += self.inventory.apply(&txn.deltas, version);
     }
 }
 
@@ -242,6 +283,10 @@ pub struct RelayConn {
     pub receiver: Receiver,
     /// The welcomed epoch.
     pub epoch: Option<Epoch>,
+    /// The inventory version the node has been sent (or merged, from its Hello).
+    pub inventory_sent: u64,
+    /// An inventory push is scheduled.
+    pub push_pending: bool,
 }
 
 /// The relay process.

@@ -1,5 +1,5 @@
 //! Whole-run tests of the simulator: seeds pass, a seed replays identically, and each
-//! injected relay bug is caught within the CI seed count.
+//! injected relay bug is caught within the CI seed count by the invariant it breaks.
 
 use super::*;
 
@@ -39,6 +39,9 @@ fn two_hundred_seeds_pass() {
         "stateless resets",
         "relay store skipped records",
         "duplicate packets discarded",
+        "inventory messages sent",
+        "inventory updates merged",
+        "negative stock keys",
     ] {
         assert!(summary.totals.get(what).copied().unwrap_or(0) > 0, "no {what}: {:?}", summary.totals);
     }
@@ -66,4 +69,14 @@ fn a_relay_that_acks_before_commit_is_caught() {
 #[test]
 fn a_relay_that_stores_retransmissions_again_is_caught() {
     caught(InjectedBug::ReapplyRetransmission, &[Invariant::NoDuplicateEffect]);
+}
+
+#[test]
+fn a_relay_that_applies_retransmitted_deltas_again_is_caught() {
+    // The node's own counter goes above its own events as soon as it merges the relay's
+    // count (always); failing that, the relay's inventory is not the fold of its log (F1).
+    caught(
+        InjectedBug::ReapplyRetransmittedDeltas,
+        &[Invariant::OwnStockIsFold, Invariant::InventoryMatchesLog],
+    );
 }

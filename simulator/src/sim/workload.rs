@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rand::rngs::StdRng;
+use sync_protocol::inventory::TRANSFER_TO;
 use sync_protocol::{Epoch, Event, EventId, Kind, Lane, ParseError};
 
 /// Share of posts that repeat an earlier event with the same payload.
@@ -80,7 +81,12 @@ impl Scanner {
     }
 }
 
+/// Locations the workload uses; few, so that keys are shared between nodes and counts
+/// and transfers meet moves made elsewhere.
+const LOCATIONS: u32 = 4;
+
 /// A new event; kinds in the mix of a real site (scans dominate, shipments are rarer).
+/// A transfer moves its quantity to another of the locations (`attrs.to_location`).
 pub fn new_event(node: usize, scanner: usize, number: u32, rng: &mut StdRng) -> Result<Event, ParseError> {
     let kind = match rng.random_range(0..100) {
         0..40 => Kind::Scan,
@@ -99,17 +105,23 @@ pub fn new_event(node: usize, scanner: usize, number: u32, rng: &mut StdRng) -> 
         }
         _ => rng.random_range(1..=20),
     };
+    let location = rng.random_range(0..LOCATIONS);
+    let mut attrs = BTreeMap::new();
+    if kind == Kind::Transfer {
+        let to = (location + rng.random_range(1..LOCATIONS)) % LOCATIONS;
+        attrs.insert(TRANSFER_TO.to_owned(), format!("BIN-{to}"));
+    }
     let event = Event {
         event_id: format!("n{node}-s{scanner}-{number}").try_into()?,
         kind,
         sku: format!("SKU-{}", rng.random_range(0..8)).try_into()?,
-        location: format!("BIN-{}", rng.random_range(0..4)).try_into()?,
+        location: format!("BIN-{location}").try_into()?,
         qty,
         occurred_at: None,
         device_id: Some(format!("hs-{node}-{scanner}")),
         shipment_id: matches!(kind, Kind::Ship | Kind::Dispatch).then(|| format!("SH-{number}")),
         order_id: (kind == Kind::Pick).then(|| format!("ORD-{number}")),
-        attrs: BTreeMap::new(),
+        attrs,
     };
     event.validate()?;
     Ok(event)

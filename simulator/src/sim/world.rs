@@ -7,6 +7,14 @@
 //! crashed processes come back, scanners stop posting new events but still retry what
 //! went unanswered, and everything must converge within the liveness budget. The
 //! `eventually` and `finally` checks run on the converged state.
+//!
+//! Inventory rides along: each node store fixes its events' deltas against its replica
+//! when it appends them, the relay applies the deltas of the records it stores in the
+//! same commit, and after every commit (and after each Hello) the relay pushes each
+//! welcomed connection the keys that changed after the version that connection's node
+//! has, in chunks on the control stream. The node merges every chunk durably and tells
+//! its sender the version when the last chunk is merged. Convergence includes the
+//! inventory: every replica equals the relay's.
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -16,13 +24,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sync_protocol::wire::{Ack, Limits};
 use sync_protocol::{
-    Batch, Epoch, Lane, Message, NodeIdentity, PerLane, Receiver, ReceiverConfig, Sender, SenderConfig,
-    SenderEvent, Transmit,
+    Batch, Epoch, InventoryUpdate, Lane, Message, NodeIdentity, PerLane, Receiver, ReceiverConfig, Sender,
+    SenderConfig, SenderEvent, Transmit,
 };
 
 use super::SimConfig;
 use super::check::{self, Checker, EndState, Finding, Invariant, Violation};
 use super::clock::{Clock, Queue};
+use super::inventory::{self, UPDATE_ENTRIES_MAX};
 use super::net::{self, Conn, Judgement, Network, PacketInfo, Window};
 use super::node::{Appended, Node, NodeCrashPoint, NodeStore};
 use super::relay::{Append, AppendOutcome, Relay, RelayConn, RelayCrashPoint};
@@ -36,6 +45,11 @@ const KEEPALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a dial may take before it fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a relay connection waits after a commit before it pushes inventory, so that
+/// the commits landing meanwhile go out as one update. The real relay's connection task
+/// coalesces the same way when commits come faster than it sends (a `watch` channel);
+/// pushing after every commit of the simulation would triple the cost of a seed.
+const INVENTORY_PUSH_DELAY: Duration = Duration::from_secs(1);
 /// How often the liveness phase looks for convergence.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -91,6 +105,7 @@ enum Ev {
     DialTimeout { conn: u64 },
     NodeTimer { node: usize, inc: u32 },
     CommitDone { inc: u32 },
+    PushInventory { conn: u64, inc: u32 },
     Crash { crash: Crash, down: Duration },
     RestartNode { node: usize, inc: u32 },
     RestartRelay { inc: u32 },
@@ -197,10 +212,10 @@ impl World {
             ));
             world.nodes.push(Node {
                 index: i,
-                identity,
+                identity: identity.clone(),
                 up: false,
                 inc: 0,
-                store: NodeStore::new(epoch),
+                store: NodeStore::new(identity.node_id.clone(), epoch),
                 sender: None,
                 conn: None,
                 timer_at: None,
@@ -209,6 +224,7 @@ impl World {
                 crash_point: None,
                 batch_events_max: plan.batch_events_max[i],
                 batches_in_flight_max: plan.batches_in_flight_max[i],
+                own_fold: BTreeMap::new(),
             });
             for s in 0..plan.scanners_per_node {
                 let scanner = world.scanners.len();
@@ -338,6 +354,14 @@ impl World {
             }
             Ev::NodeTimer { node, inc } => self.node_timer(node, inc),
             Ev::CommitDone { inc } => self.commit_done(inc),
+            Ev::PushInventory { conn, inc } => {
+                if self.relay.inc == inc && self.relay.up {
+                    if let Some(rc) = self.relay.conns.get_mut(&conn) {
+                        rc.push_pending = false;
+                    }
+                    self.push_inventory(conn);
+                }
+            }
             Ev::Crash { crash, down } => self.crash(crash, down),
             Ev::RestartNode { node, inc } => {
                 if self.nodes[node].inc == inc && !self.nodes[node].up {
@@ -372,6 +396,7 @@ impl World {
             let received_at_ms = self.now().as_millis() as u64;
             match self.nodes[n].store.append(&post.event, received_at_ms) {
                 Appended::Created { lane, seq } => {
+                    self.fold_own_record(n, lane, seq);
                     if let Some(sender) = self.nodes[n].sender.as_mut() {
                         sender.handle_appended(lane, seq);
                     }
@@ -396,6 +421,10 @@ impl World {
                 Appended::Conflict => {
                     self.check_answer(n, &post, Answer::Conflict, lane);
                     Answer::Conflict
+                }
+                Appended::Invalid => {
+                    let id = &post.event.event_id;
+                    return self.find(Invariant::Harness, format!("node-{n} refused {id}: invalid deltas"));
                 }
             }
         } else {
@@ -456,6 +485,54 @@ impl World {
         }
     }
 
+    /// The checker's own fold of what the store answered: the event's deltas, read back.
+    fn fold_own_record(&mut self, n: usize, lane: Lane, seq: u64) {
+        let node = &mut self.nodes[n];
+        let Some(record) = node.store.records(lane).get((seq as usize).wrapping_sub(1)) else { return };
+        for delta in &record.deltas {
+            let sum = node.own_fold.entry(delta.key.clone()).or_default();
+            *sum = sum.saturating_add(delta.change);
+        }
+    }
+
+    /// Always: the node's own counters equal the fold of its own durable events, on
+    /// `keys` (or every key). A merge can raise them only if the relay counted one of
+    /// the node's events more often than the node did.
+    fn check_own_stock(&mut self, n: usize, keys: Option<Vec<sync_protocol::inventory::StockKey>>) {
+        let node = &self.nodes[n];
+        let store = &node.store;
+        let keys = keys.unwrap_or_else(|| {
+            let mut keys: Vec<_> = store.replica().iter().map(|(k, _)| k.clone()).collect();
+            keys.extend(node.own_fold.keys().cloned());
+            keys
+        });
+        for key in keys {
+            let own = store.replica().stock(&key).map_or(Some(0), |s| s.contribution(store.actor()));
+            let fold = node.own_fold.get(&key).copied().unwrap_or(0);
+            if own != Some(fold) {
+                let own = own.map_or_else(|| "unreadable".to_owned(), |v| v.to_string());
+                let detail = format!(
+                    "node-{n}/{}: own counter of {key} is {own} but its durable events fold to {fold}",
+                    store.epoch
+                );
+                return self.find(Invariant::OwnStockIsFold, detail);
+            }
+        }
+    }
+
+    fn node_merge(&mut self, n: usize, update: InventoryUpdate) {
+        self.count("inventory updates merged");
+        let complete = update.complete.then_some(update.through_version);
+        let keys = update.state.iter().map(|(k, _)| k.clone()).collect();
+        self.nodes[n].store.merge_inventory(update);
+        if let Some(version) = complete
+            && let Some(sender) = self.nodes[n].sender.as_mut()
+        {
+            sender.handle_inventory_merged(version);
+        }
+        self.check_own_stock(n, Some(keys));
+    }
+
     // The nodes.
 
     fn start_node(&mut self, n: usize) {
@@ -469,7 +546,9 @@ impl World {
             ..SenderConfig::new(node.identity.clone(), node.store.epoch)
         };
         let heads = node.store.heads();
-        node.sender = Some(Sender::new(config, heads, node.store.acked(), now));
+        let mut sender = Sender::new(config, heads, node.store.acked(), now);
+        sender.handle_inventory_merged(node.store.inventory_version());
+        node.sender = Some(sender);
         let acked = node.store.acked();
         self.text(format!(
             "node-{n} starts: epoch {}, heads {:?}, acked {:?}",
@@ -549,7 +628,7 @@ impl World {
         match event {
             SenderEvent::Connect => self.dial(n),
             SenderEvent::Welcomed { .. } => self.count("welcomes"),
-            SenderEvent::Inventory(_) => self.count("inventory updates"),
+            SenderEvent::Inventory(update) => self.node_merge(n, update),
             SenderEvent::Acked { lane, through } => self.node_acked(n, lane, through),
             SenderEvent::Refused(refuse) => {
                 self.find(Invariant::NoProtocolViolation, format!("node-{n} was refused: {refuse}"))
@@ -612,9 +691,11 @@ impl World {
             c.node_open = false;
         }
         let lost = self.nodes[n].store.crash_and_recover();
+        self.nodes[n].own_fold = self.nodes[n].store.own_fold();
         let inc = self.nodes[n].inc;
         self.text(format!("node-{n} CRASH: {lost} unsynced writes lost, down {} ms", down.as_millis()));
         self.check_node_store(n);
+        self.check_own_stock(n, None);
         self.schedule(down, Ev::RestartNode { node: n, inc });
     }
 
@@ -646,7 +727,8 @@ impl World {
         }
         let epoch = Epoch(self.rng_fault.random());
         let node = &mut self.nodes[n];
-        let old = std::mem::replace(&mut node.store, NodeStore::new(epoch));
+        let old = std::mem::replace(&mut node.store, NodeStore::new(node.identity.node_id.clone(), epoch));
+        node.own_fold.clear();
         let records = PerLane::from_fn(|lane| old.records(lane).to_vec());
         node.archive.insert(old.epoch, records);
         self.text(format!("node-{n} store WIPED: epoch {} replaced by {epoch}", old.epoch));
@@ -916,7 +998,10 @@ impl World {
         }
         let identity = self.nodes[n].identity.clone();
         let receiver = Receiver::new(self.relay_config.clone(), identity);
-        self.relay.conns.insert(conn, RelayConn { node: n, receiver, epoch: None });
+        self.relay.conns.insert(
+            conn,
+            RelayConn { node: n, receiver, epoch: None, inventory_sent: 0, push_pending: false },
+        );
         self.text(format!("relay accepts conn#{conn} of node-{n}"));
         self.schedule(KEEPALIVE, Ev::Ping { conn, dir: Dir::ToNode });
         self.schedule(IDLE_TIMEOUT, Ev::IdleCheck { conn, hears: Dir::ToRelay });
@@ -947,7 +1032,16 @@ impl World {
             Message::Hello(hello) => {
                 let stored = self.relay.store.watermarks_of(n, hello.epoch);
                 match rc.receiver.handle_hello(hello, stored) {
-                    Ok(epoch) => rc.epoch = Some(epoch),
+                    Ok(epoch) => {
+                        rc.epoch = Some(epoch);
+                        // A version past the relay's own would be from before the relay
+                        // lost its store: start over.
+                        let merged = rc.receiver.node_inventory_version();
+                        let current = self.relay.store.inventory_version();
+                        rc.inventory_sent = if merged > current { 0 } else { merged };
+                        self.drain_relay(conn);
+                        return self.push_inventory(conn);
+                    }
                     Err(refuse) => {
                         return self.find(
                             Invariant::NoProtocolViolation,
@@ -957,7 +1051,15 @@ impl World {
                 }
             }
             Message::Batch(batch) => {
-                let whole = (bug == Some(super::InjectedBug::ReapplyRetransmission)).then(|| batch.clone());
+                let whole_batch = matches!(
+                    bug,
+                    Some(
+                        super::InjectedBug::ReapplyRetransmission
+                            | super::InjectedBug::ReapplyRetransmittedDeltas
+                    )
+                );
+                let whole = whole_batch.then(|| batch.clone());
+                let node_id = self.nodes[n].identity.node_id.clone();
                 let Some(epoch) = rc.epoch else {
                     return self
                         .find(Invariant::NoProtocolViolation, format!("node-{n} sent a batch before hello"));
@@ -970,8 +1072,16 @@ impl World {
                             Some(batch) => (batch.first_seq.get(), batch.events),
                             None => (first.get(), accepted.records),
                         };
-                        let append =
-                            Append { conn, node: n, epoch, lane, first_seq, records, from_receiver: true };
+                        let append = Append {
+                            conn,
+                            node: n,
+                            node_id,
+                            epoch,
+                            lane,
+                            first_seq,
+                            records,
+                            from_receiver: true,
+                        };
                         self.relay.queue.push(append);
                         if bug == Some(super::InjectedBug::AckBeforeCommit) {
                             self.send_frame(conn, Dir::ToNode, Message::Ack(Ack { lane, through_seq: last }));
@@ -989,6 +1099,7 @@ impl World {
                             let append = Append {
                                 conn,
                                 node: n,
+                                node_id,
                                 epoch,
                                 lane: batch.lane,
                                 first_seq: batch.first_seq.get(),
@@ -1023,6 +1134,24 @@ impl World {
         }
     }
 
+    /// Sends the node of `conn` every inventory key that changed after the version it
+    /// has, in chunks, the last marked complete, and moves the connection's version on.
+    fn push_inventory(&mut self, conn: u64) {
+        let current = self.relay.store.inventory_version();
+        let Some(rc) = self.relay.conns.get_mut(&conn) else { return };
+        if rc.epoch.is_none() || rc.inventory_sent == current {
+            return;
+        }
+        let chunks = self.relay.store.inventory.changes_since(rc.inventory_sent, UPDATE_ENTRIES_MAX);
+        rc.inventory_sent = current;
+        let count = chunks.len();
+        for (i, state) in chunks.into_iter().enumerate() {
+            let update = InventoryUpdate { through_version: current, state, complete: i + 1 == count };
+            self.count("inventory messages sent");
+            self.send_frame(conn, Dir::ToNode, Message::Inventory(update));
+        }
+    }
+
     fn start_commit(&mut self) {
         if !self.relay.up || self.relay.writing.is_some() || self.relay.queue.is_empty() {
             return;
@@ -1050,13 +1179,17 @@ impl World {
         let entries = self.relay.store.sync();
         self.count("relay commits");
         self.line(Line::Committed { appends: group.len(), entries: entries.len() });
-        for entry in &entries {
+        let mut result = Ok(());
+        for entry in &self.relay.store.log[entries] {
             let expected = self.nodes.get(entry.node).and_then(|node| {
                 node.records_of(entry.epoch, entry.lane).get((entry.seq as usize).wrapping_sub(1))
             });
-            let result = self.checker.on_log_entry(entry, expected);
-            self.found(result);
+            result = self.checker.on_log_entry(entry, expected);
+            if result.is_err() {
+                break;
+            }
         }
+        self.found(result);
         let result = self.checker.on_watermarks(&self.relay.store);
         self.found(result);
         if self.finding.is_some() {
@@ -1085,6 +1218,17 @@ impl World {
                     self.close_relay_end(append.conn, "store refused a gap", true);
                 }
             }
+        }
+        let inc = self.relay.inc;
+        let mut pushes = Vec::new();
+        for (conn, rc) in &mut self.relay.conns {
+            if rc.epoch.is_some() && !rc.push_pending {
+                rc.push_pending = true;
+                pushes.push(*conn);
+            }
+        }
+        for conn in pushes {
+            self.schedule(INVENTORY_PUSH_DELAY, Ev::PushInventory { conn, inc });
         }
         self.start_commit();
     }
@@ -1155,6 +1299,16 @@ impl World {
     }
 
     fn converged(&self) -> bool {
+        self.drained() && self.inventory_converged()
+    }
+
+    /// Eventually, E3: every node's replica is the relay's merged inventory.
+    fn inventory_converged(&self) -> bool {
+        let merged = self.relay.store.inventory.merged();
+        self.nodes.iter().all(|node| node.store.replica() == merged)
+    }
+
+    fn drained(&self) -> bool {
         let nodes = self.nodes.iter().all(|node| {
             node.up
                 && node
@@ -1175,6 +1329,10 @@ impl World {
             return;
         }
         if self.clock.now() >= healed_at + self.config.liveness_budget {
+            if self.drained() {
+                let detail = self.inventory_report();
+                return self.find(Invariant::InventoryConverges, detail);
+            }
             let detail = self.backlog_report();
             return self.find(Invariant::BacklogsDrain, detail);
         }
@@ -1200,6 +1358,28 @@ impl World {
         )
     }
 
+    fn inventory_report(&self) -> String {
+        let merged = self.relay.store.inventory.merged();
+        let parts: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|node| {
+                let diff = inventory::first_stock_difference(node.store.replica(), merged)?;
+                Some(format!(
+                    "node-{} (merged through v{}) {diff}",
+                    node.index,
+                    node.store.inventory_version()
+                ))
+            })
+            .collect();
+        format!(
+            "inventory not converged within {} s of healing (relay at v{}): {}",
+            self.config.liveness_budget.as_secs(),
+            self.relay.store.inventory_version(),
+            parts.join("; ")
+        )
+    }
+
     fn final_checks(&mut self) {
         let end = EndState { nodes: &self.nodes, relay: &self.relay.store, ledger: &self.ledger };
         let mut finding = check::every_answered_event_at_relay(&end).err();
@@ -1214,6 +1394,12 @@ impl World {
         if let Some((invariant, detail)) = finding {
             self.find(invariant, detail);
         }
+        for n in 0..self.nodes.len() {
+            self.check_own_stock(n, None);
+        }
+        let keys = self.relay.store.inventory.merged().len() as u64;
+        self.stats.insert("inventory keys", keys);
+        self.stats.insert("negative stock keys", self.relay.store.inventory.negative().len() as u64);
         let answered = self.ledger.answered.len() as u64;
         self.stats.insert("events answered", answered);
         self.stats.insert("relay log entries", self.relay.store.log.len() as u64);

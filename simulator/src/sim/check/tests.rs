@@ -65,6 +65,7 @@ fn watermarks_must_not_go_back() {
     let append = Append {
         conn: 1,
         node: 0,
+        node_id: "node-0".parse().unwrap(),
         epoch: Epoch(1),
         lane: Lane::Bulk,
         first_seq: 1,

@@ -23,7 +23,7 @@ fn event(id: &str, qty: i64) -> Event {
 
 #[test]
 fn a_repeat_gets_the_original_seq_and_another_payload_is_a_conflict() {
-    let mut store = NodeStore::new(Epoch(1));
+    let mut store = NodeStore::new("node-0".parse().unwrap(), Epoch(1));
     assert_eq!(store.append(&event("a", 1), 0), Appended::Created { lane: Lane::Critical, seq: 1 });
     assert_eq!(store.append(&event("b", 1), 0), Appended::Created { lane: Lane::Critical, seq: 2 });
     assert_eq!(store.append(&event("a", 1), 5), Appended::Duplicate { lane: Lane::Critical, seq: 1 });
@@ -33,7 +33,7 @@ fn a_repeat_gets_the_original_seq_and_another_payload_is_a_conflict() {
 
 #[test]
 fn a_crash_keeps_every_answered_event_and_may_lose_the_acked_watermark() {
-    let mut store = NodeStore::new(Epoch(1));
+    let mut store = NodeStore::new("node-0".parse().unwrap(), Epoch(1));
     store.append(&event("a", 1), 0);
     store.record_acked(Lane::Critical, 1);
     store.append(&event("b", 1), 0);

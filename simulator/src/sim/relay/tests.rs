@@ -30,6 +30,7 @@ fn append(first: u64, last: u64) -> Append {
     Append {
         conn: 1,
         node: 0,
+        node_id: "node-0".parse().unwrap(),
         epoch: Epoch(7),
         lane: Lane::Bulk,
         first_seq: first,
