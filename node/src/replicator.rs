@@ -53,6 +53,10 @@ pub struct LinkStatus {
     pub connects: u64,
     /// Refusals since start.
     pub refusals: u64,
+    /// Times a relay came back with less than it had acknowledged (a wiped relay).
+    pub regressions: u64,
+    /// The last such regression, as one line.
+    pub last_regression: Option<String>,
 }
 
 /// Shared link status.
@@ -294,6 +298,18 @@ impl Replicator {
                 }
                 SenderEvent::Acked { lane, through } => self.store.record_ack(lane, through).await?,
                 SenderEvent::Refused(refuse) => return Err(ReplicateError::Refused(refuse)),
+                SenderEvent::RelayRegressed { lane, acked, watermark } => {
+                    let line = format!(
+                        "the relay holds {lane} only through seq {watermark} but had acknowledged {acked}: \
+                         it lost acknowledged events (wiped or restored store); resending what this node \
+                         still holds"
+                    );
+                    tracing::error!(lane = lane.as_str(), acked, watermark, "{line}");
+                    self.set_link(|l| {
+                        l.regressions += 1;
+                        l.last_regression = Some(line);
+                    });
+                }
                 SenderEvent::Inventory(update) => {
                     let (complete, version, keys) =
                         (update.complete, update.through_version, update.state.len());

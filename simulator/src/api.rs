@@ -103,6 +103,9 @@ pub struct LinkStatus {
     /// Refusals since start.
     #[serde(default)]
     pub refusals: u64,
+    /// Times the relay came back holding less than it had acknowledged.
+    #[serde(default)]
+    pub regressions: u64,
 }
 
 /// One lane in [`NodeStatus`].

@@ -91,6 +91,18 @@ pub enum SenderEvent {
     /// The relay refused the node. The shell logs it, closes the connection and calls
     /// [`Sender::handle_disconnected`].
     Refused(Refuse),
+    /// The relay's durable watermark of `lane` is behind what it acknowledged before: it
+    /// lost events (its store was wiped or restored from an old backup). The sender
+    /// resends from `watermark + 1` what the node still holds; the shell must report it
+    /// loudly, since an ack promised durability the relay no longer has.
+    RelayRegressed {
+        /// The lane.
+        lane: Lane,
+        /// What the relay had acknowledged.
+        acked: u64,
+        /// What it holds now.
+        watermark: u64,
+    },
     /// Merged inventory from the relay: the shell merges it durably and, for the update
     /// marked complete, calls [`Sender::handle_inventory_merged`].
     Inventory(InventoryUpdate),
@@ -207,6 +219,13 @@ impl Sender {
                     }
                     state.next = watermark + 1;
                     state.in_flight.clear();
+                    if watermark < state.acked {
+                        self.events.push_back(SenderEvent::RelayRegressed {
+                            lane,
+                            acked: state.acked,
+                            watermark,
+                        });
+                    }
                     if watermark != state.acked {
                         state.acked = watermark;
                         self.events.push_back(SenderEvent::Acked { lane, through: watermark });

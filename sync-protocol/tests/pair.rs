@@ -399,6 +399,11 @@ impl Sim {
                 self.dial = Some((self.now + latency, ok));
             }
             SenderEvent::Welcomed { .. } => self.count("welcomes"),
+            SenderEvent::RelayRegressed { lane, acked, watermark } => {
+                self.fail(format!(
+                    "{lane}: the relay acknowledged {acked} but later welcomed at {watermark}"
+                ));
+            }
             SenderEvent::Inventory(update) => {
                 self.fail(format!("the relay sent no inventory, yet the node got {update:?}"));
             }

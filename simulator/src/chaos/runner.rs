@@ -566,12 +566,30 @@ impl<'a> Run<'a> {
             self.note(format!("converged {:.1}s after the heal", d.as_secs_f64()), out)?;
         }
         self.notice_crashes(out)?;
-        if self.marks.relay_wipes > 0 && !self.marks.wipe_detected {
-            self.observations.push(
-                "the relay was wiped, but no node was seen moving its acked watermark back (the samples \
-                 may have missed it)"
-                    .to_owned(),
-            );
+        if self.marks.relay_wipes > 0 {
+            // A wiped relay is the one allowed move back (A4), and only if it is reported:
+            // every node that had acknowledged events must say so on /v1/status.
+            let mut reported = 0;
+            for client in &self.node_clients {
+                if let Ok(Ok(status)) = tokio::time::timeout(SAMPLE_TIMEOUT, client.node_status()).await {
+                    reported += status.relay.regressions;
+                }
+            }
+            if reported == 0 {
+                self.watermark_violations.push(
+                    "the relay was wiped after acknowledging events, but no node reported it \
+                     (relay.regressions stayed 0 on every node)"
+                        .to_owned(),
+                );
+            } else {
+                self.observations
+                    .push(format!("the wiped relay was reported by the nodes {reported} time(s)"));
+            }
+            if !self.marks.wipe_detected {
+                self.observations.push(
+                    "no sample caught a node's acked watermark moving back (they are 1 s apart)".to_owned(),
+                );
+            }
         }
 
         let log = tokio::time::timeout(Duration::from_secs(60), check::fetch_log(&self.relay_client))

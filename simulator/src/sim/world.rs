@@ -633,6 +633,12 @@ impl World {
             SenderEvent::Refused(refuse) => {
                 self.find(Invariant::NoProtocolViolation, format!("node-{n} was refused: {refuse}"))
             }
+            // The simulated relay never loses its store (a crash keeps what was synced),
+            // so its watermark can never fall behind an ack.
+            SenderEvent::RelayRegressed { lane, acked, watermark } => self.find(
+                Invariant::MonotoneWatermarks,
+                format!("node-{n} {lane}: the relay acknowledged {acked} but its Welcome says {watermark}"),
+            ),
         }
     }
 

@@ -273,6 +273,8 @@ fn a_relay_that_lost_its_store_gets_everything_again() {
     assert_eq!(
         events(&mut sender),
         [
+            // Reported, not silently accepted (FAULTS.md A4).
+            SenderEvent::RelayRegressed { lane: Lane::Critical, acked: 5, watermark: 2 },
             SenderEvent::Acked { lane: Lane::Critical, through: 2 },
             SenderEvent::Welcomed { relay_id: "relay-1".into() }
         ]
