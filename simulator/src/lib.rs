@@ -15,7 +15,7 @@
 //!   exactly once, in per-lane seq order, and nothing refused;
 //! - [`api`] holds typed views of the daemons' status and log answers;
 //! - [`demo`] is `outpost-sim demo`: all of the above through a WAN cut, with a live view;
-//! - [`bench`] is `outpost-sim bench`: the benchmarks of PERFORMANCE.md.
+//! - [`mod@bench`] is `outpost-sim bench`: the benchmarks of PERFORMANCE.md.
 //!
 //! The harness does not simulate the network: faults are process kills. The deterministic
 //! in-process simulation and the fault-injecting UDP proxy are separate layers.
