@@ -223,5 +223,12 @@ async fn exceptions(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.
 fn rfc3339_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    // Past the year 9999 RFC 3339 has no form: show the number rather than fail the page.
+    if write!(out, "{}", humantime::format_rfc3339_millis(at)).is_err() {
+        out = ms.to_string();
+    }
+    out
 }

@@ -529,11 +529,12 @@ impl Writer {
                             if changed.stock(&delta.key).is_none() {
                                 changed.merge(&replica.merged().restrict([&delta.key]));
                             }
-                            // The node applied the same delta to the same counter without
-                            // overflow, so this cannot fail; if it ever does, say so.
-                            if let Err(e) = changed.apply(&actor, delta) {
-                                tracing::error!(%actor, error = %e, "delta not applied");
-                            }
+                            // The node applied the same delta to the same counter, and the
+                            // decoder bounded it, so this cannot fail. If it ever does, the
+                            // group is not committed rather than logged without its delta.
+                            changed.apply(&actor, delta).map_err(|e| {
+                                StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
+                            })?;
                         }
                         let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
                         let bytes = postcard::to_allocvec(&entry)

@@ -135,7 +135,14 @@ impl Replicator {
                 }
             }
             sender.handle_timeout(Instant::now());
-            while sender.poll_event().is_some() {}
+            // Only `Connect` is expected here, and dialing is what comes next.
+            while let Some(event) = sender.poll_event() {
+                if let SenderEvent::Acked { lane, through } = event
+                    && let Err(e) = self.store.record_ack(lane, through).await
+                {
+                    tracing::warn!(error = %e, "recording an ack");
+                }
+            }
             let addr = self.relays[attempt % self.relays.len()].clone();
             self.set_link(|l| l.state = LinkState::Connecting);
             let span = tracing::info_span!("relay", relay = %addr, epoch = %self.store.epoch());
@@ -222,8 +229,10 @@ impl Replicator {
         sender.handle_connected(Instant::now());
         let mut lanes: PerLane<Option<quinn::SendStream>> = PerLane::default();
         loop {
-            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx).await?;
+            // Events first: an ack (even one that moves back, from a relay that lost its
+            // store) is recorded before a flush that may fail on events no longer held.
             self.handle_events(sender).await?;
+            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx).await?;
             tokio::select! {
                 msg = inbox.recv() => match msg {
                     Some(Ok(msg)) => sender.handle_message(msg, Instant::now())?,

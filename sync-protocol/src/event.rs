@@ -206,6 +206,9 @@ pub struct Record {
 
 /// Most deltas one event carries (a transfer: out of one location, into another).
 pub const DELTAS_MAX: usize = 2;
+/// Latest `received_at_ms` a peer may send: the last millisecond of the year 9999, the
+/// end of what RFC 3339 can write.
+pub const RECEIVED_AT_MS_MAX: u64 = 253_402_300_799_999;
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,10 @@ use crate::ids::{Epoch, Location, NodeId, ParseError};
 
 /// The `attrs` key that names where a `transfer` moves its quantity to.
 pub const TRANSFER_TO: &str = "to_location";
+/// Largest `|change|` of one delta. Other kinds stay within `QTY_ABS_MAX`; a count's
+/// variance may be larger but not this large, which keeps every counter far from `u64`
+/// overflow however many events move it.
+pub const DELTA_ABS_MAX: i64 = 1_000_000_000_000;
 
 /// One store incarnation: the node and the epoch of its store.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -94,9 +98,16 @@ pub fn deltas_of(event: &Event, mut view: impl FnMut(&StockKey) -> i64) -> Resul
         Kind::Receive | Kind::Adjust => one(qty, key),
         Kind::Pick | Kind::Ship | Kind::Dispatch => one(-qty, key),
         Kind::Count => {
-            // Both sides are within ±QTY_ABS_MAX·(events) in practice; saturate rather
-            // than wrap if a corrupt view is ever that large.
             let variance = qty.saturating_sub(view(&key));
+            if variance.unsigned_abs() > DELTA_ABS_MAX.unsigned_abs() {
+                return Err(ParseError::new(
+                    "qty",
+                    format!(
+                        "a count of {qty} against a view of {} is a variance beyond ±{DELTA_ABS_MAX}",
+                        view(&key)
+                    ),
+                ));
+            }
             one(variance, key)
         }
         Kind::Transfer => {
@@ -113,6 +124,32 @@ pub fn deltas_of(event: &Event, mut view: impl FnMut(&StockKey) -> i64) -> Resul
             out
         }
     })
+}
+
+/// Checks deltas that arrived with `event` from a peer: a count carries at most one
+/// delta, on its own key, within ±[`DELTA_ABS_MAX`]; every other kind carries exactly
+/// what [`deltas_of`] gives. A node cannot move stock its events do not describe.
+pub fn check_deltas(event: &Event, deltas: &[Delta]) -> Result<(), ParseError> {
+    let bad = |reason: String| Err(ParseError::new("deltas", reason));
+    if event.kind != Kind::Count {
+        let expected = deltas_of(event, |_| 0)?;
+        return if deltas == expected.as_slice() {
+            Ok(())
+        } else {
+            bad(format!("{} event {} carries deltas that do not match it", event.kind, event.event_id))
+        };
+    }
+    match deltas {
+        [] => Ok(()),
+        [d] if d.key.sku != event.sku || d.key.location != event.location => {
+            bad(format!("count {} moves another key ({})", event.event_id, d.key))
+        }
+        [d] if d.change == 0 || d.change.unsigned_abs() > DELTA_ABS_MAX.unsigned_abs() => {
+            bad(format!("count {} has a variance of {}", event.event_id, d.change))
+        }
+        [_] => Ok(()),
+        _ => bad(format!("count {} carries {} deltas", event.event_id, deltas.len())),
+    }
 }
 
 /// The destination of a transfer: `attrs.to_location`, a valid [`Location`].

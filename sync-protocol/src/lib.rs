@@ -68,6 +68,17 @@ pub enum ProtocolViolation {
         /// The limit.
         max: u32,
     },
+    /// A batch that reaches further past the durable watermark than the window allows:
+    /// the node ignores `batches_in_flight_max`, and the relay will not buffer for it.
+    #[error("batch on lane {lane} reaches seq {last}, beyond the window ending at {window_end}")]
+    BeyondWindow {
+        /// The lane.
+        lane: Lane,
+        /// The batch's last seq.
+        last: u64,
+        /// The durable watermark plus the window in events.
+        window_end: u64,
+    },
     /// A batch on a lane stream that carries another lane.
     #[error("batch for lane {got} on the stream of lane {stream}")]
     WrongLane {

@@ -119,6 +119,13 @@ impl Receiver {
         let first = batch.first_seq.get();
         let pending = *session.pending.get(lane);
         let durable = *session.durable.get(lane);
+        // A sender keeps at most `batches_in_flight_max` batches of `batch_events_max`
+        // beyond what it saw acknowledged, which is at most the durable watermark.
+        let window = u64::from(limits.batches_in_flight_max) * u64::from(limits.batch_events_max);
+        let window_end = durable.saturating_add(window);
+        if last.get() > window_end {
+            return Err(ProtocolViolation::BeyondWindow { lane, last: last.get(), window_end });
+        }
         if first > pending + 1 {
             let from = pending + 1;
             if *session.resync_sent.get(lane) != Some(from) {

@@ -11,9 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{DELTAS_MAX, Record};
+use crate::event::{DELTAS_MAX, RECEIVED_AT_MS_MAX, Record};
 use crate::ids::{Epoch, Lane, NodeId, ParseError, PerLane, Region, Seq};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, check_deltas};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -261,12 +261,19 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     if let Message::Batch(batch) = &msg {
         for record in &batch.events {
             record.event.validate()?;
+            if record.received_at_ms > RECEIVED_AT_MS_MAX {
+                return Err(DecodeError::Invalid(ParseError::new(
+                    "received_at_ms",
+                    format!("{} is past the year 9999", record.received_at_ms),
+                )));
+            }
             if record.deltas.len() > DELTAS_MAX {
                 return Err(DecodeError::Invalid(ParseError::new(
                     "deltas",
                     format!("{} deltas on one event; at most {DELTAS_MAX}", record.deltas.len()),
                 )));
             }
+            check_deltas(&record.event, &record.deltas)?;
         }
     }
     Ok(msg)

@@ -111,22 +111,20 @@ fn record(lane: Lane, seq: u64, received_at_ms: u64) -> Record {
         Lane::Standard => Kind::Receive,
         Lane::Bulk => Kind::Scan,
     };
-    Record {
-        received_at_ms,
-        deltas: Vec::new(),
-        event: Event {
-            event_id: format!("{lane}-{seq}").parse().unwrap(),
-            kind,
-            sku: format!("SKU-{}", seq % 7).parse().unwrap(),
-            location: "BIN-1".parse().unwrap(),
-            qty: 1,
-            occurred_at: None,
-            device_id: Some("hs-1".into()),
-            shipment_id: None,
-            order_id: None,
-            attrs: BTreeMap::new(),
-        },
-    }
+    let event = Event {
+        event_id: format!("{lane}-{seq}").parse().unwrap(),
+        kind,
+        sku: format!("SKU-{}", seq % 7).parse().unwrap(),
+        location: "BIN-1".parse().unwrap(),
+        qty: 1,
+        occurred_at: None,
+        device_id: Some("hs-1".into()),
+        shipment_id: None,
+        order_id: None,
+        attrs: BTreeMap::new(),
+    };
+    let deltas = sync_protocol::inventory::deltas_of(&event, |_| 0).unwrap();
+    Record { received_at_ms, event, deltas }
 }
 
 /// Appends an accepted batch to the relay store, which holds each lane's seqs densely

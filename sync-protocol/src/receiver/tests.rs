@@ -466,3 +466,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn batches_beyond_the_window_are_violations() {
+    // Batches of at most 8 events and the default window of batches in flight.
+    let mut r = welcomed([0, 0, 0]);
+    let window = u64::from(crate::wire::BATCHES_IN_FLIGHT_MAX) * 8;
+    // A gap that stays inside the window is a Resync ...
+    check_batch(&mut r, batch(Lane::Bulk, window - 1, window), None, &[resync(Lane::Bulk, 1)]);
+    // ... one beyond it is a peer ignoring the limits, refused before it is buffered.
+    let err = r.handle_batch(batch(Lane::Bulk, window, window + 1)).unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolViolation::BeyondWindow { lane: Lane::Bulk, last: window + 1, window_end: window }
+    );
+}

@@ -9,8 +9,9 @@ use super::*;
 use crate::event::{
     ATTR_KEY_BYTES_MAX, ATTR_VALUE_BYTES_MAX, ATTRS_MAX, Event, Kind, QTY_ABS_MAX, TEXT_BYTES_MAX,
 };
+use crate::event::{DELTAS_MAX, RECEIVED_AT_MS_MAX};
 use crate::ids::{EVENT_ID_BYTES_MAX, ITEM_BYTES_MAX};
-use crate::inventory::{Delta, StockKey};
+use crate::inventory::{DELTA_ABS_MAX, Delta, StockKey, TRANSFER_TO, deltas_of};
 
 fn event(event_id: &str, kind: Kind, qty: i64) -> Event {
     Event {
@@ -31,7 +32,7 @@ fn record(seq: u64) -> Record {
     let event = event(&format!("ev-{seq}"), Kind::Ship, 2);
     let delta =
         Delta { key: StockKey { sku: event.sku.clone(), location: event.location.clone() }, change: -2 };
-    Record { received_at_ms: seq, event, deltas: vec![delta] }
+    Record { received_at_ms: seq.min(RECEIVED_AT_MS_MAX), event, deltas: vec![delta] }
 }
 
 fn hello() -> Message {
@@ -113,6 +114,7 @@ fn check_refused(body: &[u8], expect: &str) {
         (Err(DecodeError::Malformed(_)), "malformed")
         | (Err(DecodeError::TrailingBytes(_)), "trailing")
         | (Err(DecodeError::Invalid(_)), "invalid") => {}
+        (Err(DecodeError::Invalid(e)), what) if e.what == what => {}
         (got, _) => panic!("{body:02x?}: got {got:?}, expected a {expect} error"),
     }
 }
@@ -289,36 +291,29 @@ fn extreme_quantities_are_refused_without_panicking() {
     }
 }
 
-/// The largest deltas an event carries: a transfer between the longest locations.
-fn largest_deltas() -> Vec<Delta> {
-    let key = |l: &str| StockKey {
-        sku: "s".repeat(ITEM_BYTES_MAX).parse().unwrap(),
-        location: l.repeat(ITEM_BYTES_MAX).parse().unwrap(),
-    };
-    vec![Delta { key: key("l"), change: -QTY_ABS_MAX }, Delta { key: key("m"), change: QTY_ABS_MAX }]
-}
-
-/// The largest event a scanner can post.
+/// The largest event a scanner can post, as a record: a transfer, which carries the
+/// most deltas, with every text field at its limit.
 fn largest_record() -> Record {
     let text = |c: char, n: usize| Some(c.to_string().repeat(n));
-    Record {
-        received_at_ms: u64::MAX,
-        deltas: largest_deltas(),
-        event: Event {
-            event_id: "e".repeat(EVENT_ID_BYTES_MAX).parse().unwrap(),
-            kind: Kind::Adjust,
-            sku: "s".repeat(ITEM_BYTES_MAX).parse().unwrap(),
-            location: "l".repeat(ITEM_BYTES_MAX).parse().unwrap(),
-            qty: -QTY_ABS_MAX,
-            occurred_at: text('o', TEXT_BYTES_MAX),
-            device_id: text('d', TEXT_BYTES_MAX),
-            shipment_id: text('s', TEXT_BYTES_MAX),
-            order_id: text('o', TEXT_BYTES_MAX),
-            attrs: (0..ATTRS_MAX)
-                .map(|i| (format!("{i:0>ATTR_KEY_BYTES_MAX$}"), "v".repeat(ATTR_VALUE_BYTES_MAX)))
-                .collect(),
-        },
-    }
+    let mut attrs: BTreeMap<String, String> = (0..ATTRS_MAX - 1)
+        .map(|i| (format!("{i:0>ATTR_KEY_BYTES_MAX$}"), "v".repeat(ATTR_VALUE_BYTES_MAX)))
+        .collect();
+    attrs.insert(TRANSFER_TO.into(), "m".repeat(ITEM_BYTES_MAX));
+    let event = Event {
+        event_id: "e".repeat(EVENT_ID_BYTES_MAX).parse().unwrap(),
+        kind: Kind::Transfer,
+        sku: "s".repeat(ITEM_BYTES_MAX).parse().unwrap(),
+        location: "l".repeat(ITEM_BYTES_MAX).parse().unwrap(),
+        qty: QTY_ABS_MAX,
+        occurred_at: text('o', TEXT_BYTES_MAX),
+        device_id: text('d', TEXT_BYTES_MAX),
+        shipment_id: text('s', TEXT_BYTES_MAX),
+        order_id: text('o', TEXT_BYTES_MAX),
+        attrs,
+    };
+    let deltas = deltas_of(&event, |_| 0).unwrap();
+    assert_eq!(deltas.len(), DELTAS_MAX, "a transfer carries the most deltas");
+    Record { received_at_ms: RECEIVED_AT_MS_MAX, event, deltas }
 }
 
 #[test]
@@ -454,11 +449,17 @@ fn valid_event() -> impl Strategy<Value = Event> {
 }
 
 fn valid_record() -> impl Strategy<Value = Record> {
-    (any::<u64>(), valid_event(), any::<i64>()).prop_map(|(received_at_ms, event, change)| {
-        let key = StockKey { sku: event.sku.clone(), location: event.location.clone() };
-        let deltas = if change % 3 == 0 { Vec::new() } else { vec![Delta { key, change }] };
-        Record { received_at_ms, event, deltas }
-    })
+    (0..=RECEIVED_AT_MS_MAX, valid_event(), -QTY_ABS_MAX..=QTY_ABS_MAX).prop_map(
+        |(received_at_ms, mut event, view)| {
+            // The deltas a node would have fixed; a transfer without a destination could not
+            // have been accepted, so it becomes a scan.
+            let deltas = deltas_of(&event, |_| view).unwrap_or_else(|_| {
+                event.kind = Kind::Scan;
+                Vec::new()
+            });
+            Record { received_at_ms, event, deltas }
+        },
+    )
 }
 
 fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
@@ -572,4 +573,24 @@ proptest! {
         }
         feed_never_panics(&bytes, &sizes, FRAME_BYTES_MAX);
     }
+}
+
+#[test]
+fn deltas_must_match_their_event() {
+    let frame = |record: Record| {
+        Message::Batch(Batch { lane: Lane::Critical, first_seq: Seq::FIRST, events: vec![record] }).encode()
+    };
+    let mut forged = record(1);
+    forged.deltas[0].change = i64::MAX;
+    check_refused(body(&frame(forged)), "deltas");
+    let mut missing = record(1);
+    missing.deltas.clear();
+    check_refused(body(&frame(missing)), "deltas");
+    let mut count = record(1);
+    count.event.kind = Kind::Count;
+    count.deltas[0].change = DELTA_ABS_MAX + 1;
+    check_refused(body(&frame(count)), "deltas");
+    let mut late = record(1);
+    late.received_at_ms = RECEIVED_AT_MS_MAX + 1;
+    check_refused(body(&frame(late)), "received_at_ms");
 }
