@@ -185,6 +185,22 @@ impl Event {
         Ok(())
     }
 
+    /// An event with only the required fields; the optional ones are empty.
+    pub fn new(event_id: EventId, kind: Kind, sku: Sku, location: Location, qty: i64) -> Event {
+        Event {
+            event_id,
+            kind,
+            sku,
+            location,
+            qty,
+            occurred_at: None,
+            device_id: None,
+            shipment_id: None,
+            order_id: None,
+            attrs: BTreeMap::new(),
+        }
+    }
+
     /// The lane under the default mapping.
     pub fn default_lane(&self) -> Lane {
         self.kind.default_lane()

@@ -324,5 +324,9 @@ impl Inventory {
     }
 }
 
+mod versioned;
+
+pub use versioned::VersionedInventory;
+
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,6 @@
 //! Tests of the relay store: exactly-once appends, watermarks, the log's order, and what
 //! survives a reopen.
 
-use std::collections::BTreeMap;
-
 use sync_protocol::inventory::{Delta, StockKey};
 use sync_protocol::{Event, Kind};
 
@@ -21,22 +19,13 @@ fn stock(store: &Store) -> i64 {
 }
 
 fn records(first: u64, n: u64) -> Vec<Record> {
+    let sku = stock_key().sku;
+    let location = stock_key().location;
     (first..first + n)
         .map(|i| Record {
             received_at_ms: 1_000 + i,
             deltas: vec![Delta { key: stock_key(), change: -1 }],
-            event: Event {
-                event_id: format!("e{i}").parse().unwrap(),
-                kind: Kind::Ship,
-                sku: "SKU-1".parse().unwrap(),
-                location: "DOCK-1".parse().unwrap(),
-                qty: 1,
-                occurred_at: None,
-                device_id: None,
-                shipment_id: None,
-                order_id: None,
-                attrs: BTreeMap::new(),
-            },
+            event: Event::new(format!("e{i}").parse().unwrap(), Kind::Ship, sku.clone(), location.clone(), 1),
         })
         .collect()
 }

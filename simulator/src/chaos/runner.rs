@@ -469,7 +469,13 @@ impl<'a> Run<'a> {
                     ));
                 }
             }
-            self.marks.node_acked.insert(key, (acked, generation, wipes));
+            // A value keeps the generation and wipe count it was first seen under: a node
+            // may take its idle timeout to notice a wiped relay, and its ack drops only then.
+            let mark = match self.marks.node_acked.get(&key) {
+                Some(&(seen, g, w)) if seen == acked => (acked, g, w),
+                _ => (acked, generation, wipes),
+            };
+            self.marks.node_acked.insert(key, mark);
         }
         for (violation, text) in notes {
             self.note(text.clone(), out)?;

@@ -9,26 +9,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sync_protocol::inventory::{Actor, Delta, Inventory, StockKey};
+use sync_protocol::inventory::{Actor, Delta, Inventory, StockKey, VersionedInventory};
 
 /// Most counter entries (one per key plus one per actor of it) in one update message.
 /// The real relay sends up to 16,384; the simulation's inventory is a few dozen keys, so
 /// a small limit is what makes its updates come in several messages, as large ones do.
 pub const UPDATE_ENTRIES_MAX: usize = 40;
 
-/// The simulated relay's inventory and its indexes.
+/// The simulated relay's inventory: the real relay's [`VersionedInventory`].
 #[derive(Debug, Default, Clone)]
-pub struct RelayInventory {
-    merged: Inventory,
-    changed_at: BTreeMap<StockKey, u64>,
-    by_version: BTreeMap<u64, BTreeSet<StockKey>>,
-    negative: BTreeSet<StockKey>,
-}
+pub struct RelayInventory(VersionedInventory);
 
 impl RelayInventory {
     /// The merged state.
     pub fn merged(&self) -> &Inventory {
-        &self.merged
+        self.0.merged()
     }
 
     /// Applies one commit's deltas, each with its actor, changed at `version`, and
@@ -36,57 +31,27 @@ impl RelayInventory {
     /// each delta once.
     pub fn apply(&mut self, deltas: &[(Actor, Delta)], version: u64) -> u64 {
         let mut failed = 0;
-        let mut changed: BTreeSet<&StockKey> = BTreeSet::new();
+        let mut changed = Inventory::new();
         for (actor, delta) in deltas {
-            if self.merged.apply(actor, delta).is_err() {
+            if changed.stock(&delta.key).is_none() {
+                changed.merge(&self.0.merged().restrict([&delta.key]));
+            }
+            if changed.apply(actor, delta).is_err() {
                 failed += 1;
             }
-            changed.insert(&delta.key);
         }
-        for key in changed {
-            if let Some(old) = self.changed_at.insert(key.clone(), version)
-                && let Some(keys) = self.by_version.get_mut(&old)
-            {
-                keys.remove(key);
-                if keys.is_empty() {
-                    self.by_version.remove(&old);
-                }
-            }
-            self.by_version.entry(version).or_default().insert(key.clone());
-            if self.merged.value(key).is_ok_and(|v| v < 0) {
-                self.negative.insert(key.clone());
-            } else {
-                self.negative.remove(key);
-            }
-        }
+        self.0.commit(&changed, version);
         failed
     }
 
     /// The keys changed after `version`, in messages of at most `entries_max` entries.
     pub fn changes_since(&self, version: u64, entries_max: usize) -> Vec<Inventory> {
-        let mut chunks = Vec::new();
-        let mut keys: Vec<&StockKey> = Vec::new();
-        let mut entries = 0;
-        for key in self.by_version.range(version.saturating_add(1)..).flat_map(|(_, keys)| keys) {
-            // One entry for the key and one per actor; the iterator's exact length, so
-            // no counter is read.
-            let cost = 1 + self.merged.stock(key).map_or(0, |s| s.contributions().size_hint().0);
-            if entries + cost > entries_max && !keys.is_empty() {
-                chunks.push(self.merged.restrict(keys.drain(..)));
-                entries = 0;
-            }
-            keys.push(key);
-            entries += cost;
-        }
-        if !keys.is_empty() {
-            chunks.push(self.merged.restrict(keys));
-        }
-        chunks
+        self.0.changes_since(version, entries_max)
     }
 
     /// The keys listed as exceptions: merged value below zero.
     pub fn negative(&self) -> &BTreeSet<StockKey> {
-        &self.negative
+        self.0.negative()
     }
 }
 

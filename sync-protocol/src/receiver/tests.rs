@@ -1,8 +1,6 @@
 //! Receiver tests: refusals, the watermark arithmetic of batches (skip, drop, gap), acks
 //! that never run ahead of commits, and a model check under retransmits and reordering.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
 use super::*;
@@ -36,22 +34,14 @@ fn hello(uri: &str) -> Hello {
 
 /// The record at `seq`: its `received_at_ms` is the seq, so tests can read seqs back.
 fn record(seq: u64) -> Record {
-    Record {
-        received_at_ms: seq,
-        deltas: Vec::new(),
-        event: Event {
-            event_id: format!("ev-{seq}").parse().unwrap(),
-            kind: Kind::Ship,
-            sku: "SKU-1".parse().unwrap(),
-            location: "DOCK-3".parse().unwrap(),
-            qty: 1,
-            occurred_at: None,
-            device_id: None,
-            shipment_id: None,
-            order_id: None,
-            attrs: BTreeMap::new(),
-        },
-    }
+    let event = Event::new(
+        format!("ev-{seq}").parse().unwrap(),
+        Kind::Ship,
+        "SKU-1".parse().unwrap(),
+        "DOCK-3".parse().unwrap(),
+        1,
+    );
+    Record { received_at_ms: seq, deltas: Vec::new(), event }
 }
 
 /// A batch of `lane` holding seqs `first..=last`.

@@ -1,29 +1,19 @@
 //! Tests of the checker on hand-made log entries.
 
-use std::collections::BTreeMap;
-
 use sync_protocol::{Epoch, Event, Kind, Lane, Record};
 
 use super::*;
 use crate::sim::relay::{Append, RelayStore};
 
 fn record(n: u64) -> Record {
-    Record {
-        received_at_ms: n,
-        deltas: Vec::new(),
-        event: Event {
-            event_id: format!("e-{n}").parse().unwrap(),
-            kind: Kind::Scan,
-            sku: "SKU-1".parse().unwrap(),
-            location: "BIN-1".parse().unwrap(),
-            qty: 1,
-            occurred_at: None,
-            device_id: None,
-            shipment_id: None,
-            order_id: None,
-            attrs: BTreeMap::new(),
-        },
-    }
+    let event = Event::new(
+        format!("e-{n}").parse().unwrap(),
+        Kind::Scan,
+        "SKU-1".parse().unwrap(),
+        "BIN-1".parse().unwrap(),
+        1,
+    );
+    Record { received_at_ms: n, deltas: Vec::new(), event }
 }
 
 fn entry(seq: u64) -> LogEntry {

@@ -1,29 +1,19 @@
 //! Tests of the simulated relay store: the writer's own skip and gap checks, and what a
 //! crash before the sync loses.
 
-use std::collections::BTreeMap;
-
 use sync_protocol::{Epoch, Event, Kind, Lane, Record, Seq};
 
 use super::*;
 
 fn record(n: u64) -> Record {
-    Record {
-        received_at_ms: n,
-        deltas: Vec::new(),
-        event: Event {
-            event_id: format!("e-{n}").parse().unwrap(),
-            kind: Kind::Scan,
-            sku: "SKU-1".parse().unwrap(),
-            location: "BIN-1".parse().unwrap(),
-            qty: 1,
-            occurred_at: None,
-            device_id: None,
-            shipment_id: None,
-            order_id: None,
-            attrs: BTreeMap::new(),
-        },
-    }
+    let event = Event::new(
+        format!("e-{n}").parse().unwrap(),
+        Kind::Scan,
+        "SKU-1".parse().unwrap(),
+        "BIN-1".parse().unwrap(),
+        1,
+    );
+    Record { received_at_ms: n, deltas: Vec::new(), event }
 }
 
 fn append(first: u64, last: u64) -> Append {
