@@ -191,7 +191,7 @@ impl Receiver {
         self.session.as_ref().map_or(0, |s| s.inventory_version)
     }
 
-    /// The durable watermark of `lane` in this session.
+    /// The durable watermark of `lane` on this connection.
     pub fn durable(&self, lane: Lane) -> u64 {
         self.session.as_ref().map_or(0, |s| *s.durable.get(lane))
     }

@@ -1,24 +1,12 @@
 //! Tests of the node store: group commit, idempotency, acks and pruning.
 
-use std::collections::BTreeMap;
-
 use sync_protocol::Kind;
 
 use super::*;
 
 fn event(id: &str, kind: Kind, qty: i64) -> NewEvent {
-    let event = Event {
-        event_id: id.parse().unwrap(),
-        kind,
-        sku: "SKU-1".parse().unwrap(),
-        location: "BIN-1".parse().unwrap(),
-        qty,
-        occurred_at: None,
-        device_id: None,
-        shipment_id: None,
-        order_id: None,
-        attrs: BTreeMap::new(),
-    };
+    let event =
+        Event::new(id.parse().unwrap(), kind, "SKU-1".parse().unwrap(), "BIN-1".parse().unwrap(), qty);
     NewEvent { lane: kind.default_lane(), event }
 }
 

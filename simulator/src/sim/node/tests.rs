@@ -1,24 +1,11 @@
 //! Tests of the simulated node store: idempotency and what survives a crash.
 
-use std::collections::BTreeMap;
-
 use sync_protocol::{Epoch, Event, Kind, Lane};
 
 use super::{Appended, NodeStore};
 
 fn event(id: &str, qty: i64) -> Event {
-    Event {
-        event_id: id.parse().unwrap(),
-        kind: Kind::Ship,
-        sku: "SKU-1".parse().unwrap(),
-        location: "DOCK-1".parse().unwrap(),
-        qty,
-        occurred_at: None,
-        device_id: None,
-        shipment_id: None,
-        order_id: None,
-        attrs: BTreeMap::new(),
-    }
+    Event::new(id.parse().unwrap(), Kind::Ship, "SKU-1".parse().unwrap(), "DOCK-1".parse().unwrap(), qty)
 }
 
 #[test]
