@@ -243,6 +243,8 @@ struct Session {
     /// The stream each lane's batches arrive on, where its Acks go back.
     lanes: PerLane<Option<usize>>,
     registered: u64,
+    /// Whether this relay's store had heard of the node before this connection.
+    known: bool,
     remote: SocketAddr,
 }
 
@@ -257,6 +259,7 @@ impl Session {
             streams: Vec::new(),
             lanes: PerLane::default(),
             registered: u64::MAX,
+            known: false,
             remote,
         }
     }
@@ -272,11 +275,13 @@ impl Session {
             .await
             .map_err(|_| ConnError::HelloTimeout)??;
         let (replies, mut committed) = mpsc::unbounded_channel::<Committed>();
-        // The node has merged the relay's inventory through this version. A version past
-        // the relay's own is from before the relay lost its store: start over.
+        // The node has merged the relay's inventory through this version. A store that
+        // has never heard of the node (it lost its data since, or the node comes from
+        // another relay) did not issue that version, nor did one whose offsets have not
+        // reached it: start over.
         let mut versions = self.shared.store.next_offset();
         let mut inventory_sent = self.receiver.node_inventory_version();
-        if inventory_sent > *versions.borrow_and_update() {
+        if !self.known || inventory_sent > *versions.borrow_and_update() {
             inventory_sent = 0;
         }
         self.push_inventory(&mut inventory_sent).await?;
@@ -316,6 +321,7 @@ impl Session {
             }
         };
         let stored = self.shared.store.watermarks(&self.identity.node_id, hello.epoch)?;
+        self.known = self.shared.store.knows(&self.identity.node_id)?;
         let epoch = hello.epoch;
         match self.receiver.handle_hello(hello, stored) {
             Ok(epoch) => {

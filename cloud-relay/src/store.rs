@@ -314,6 +314,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the relay's store has heard from `node_id` before.
+    pub fn knows(&self, node_id: &NodeId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let nodes = txn.open_table(NODES).map_err(db)?;
+        Ok(nodes.get(node_id.as_str()).map_err(db)?.is_some())
+    }
+
     /// Every node the relay has heard from, with its streams' watermarks.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
