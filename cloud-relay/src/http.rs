@@ -159,7 +159,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Every actor's contribution to a key.
-fn actors_json(stock: &Stock) -> Vec<Value> {
+fn actors_json(stock: Stock<'_>) -> Vec<Value> {
     stock
         .contributions()
         .map(|(a, v)| json!({"node_id": a.node_id.as_str(), "epoch": a.epoch.to_string(), "value": v}))

@@ -36,7 +36,7 @@ impl RelayInventory {
     }
 
     /// Keys whose merged value is below zero, with their counters.
-    pub fn exceptions(&self) -> impl Iterator<Item = (&StockKey, &Stock)> {
+    pub fn exceptions(&self) -> impl Iterator<Item = (&StockKey, Stock<'_>)> {
         self.0.exceptions()
     }
 }

@@ -45,7 +45,8 @@ use tokio::sync::{mpsc, watch};
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "relay.redb";
 /// On-disk format; a store of another version is refused rather than misread.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: stock rows in the canonical inventory encoding (actors listed once per row).
+pub const FORMAT_VERSION: u64 = 2;
 /// Most commands the writer puts in one transaction: with batches of at most 512 events,
 /// about 32,000 events per fsync at most.
 pub const GROUP_COMMANDS_MAX: usize = 64;

@@ -48,7 +48,8 @@ const LANES: TableDefinition<u8, (u64, u64)> = TableDefinition::new("lanes");
 const STOCK: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stock");
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// 2: stock rows in the canonical inventory encoding (actors listed once per row).
+pub const FORMAT_VERSION: u64 = 2;
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "node.redb";
 /// Most events applied in one group commit. A group this large commits in tens of

@@ -6,7 +6,8 @@
 //! to 49, and of the 20 actors both hold, the second is ahead on every other one. So the
 //! merge inserts 15 new counters per key, joins 10 that changed and skips 10 that did not.
 //! The same-run limit is the same join over a plain `BTreeMap<(key, actor), (p, n)>` of
-//! the same entries: what a merge costs without the CRDT library's representation.
+//! the same entries: the obvious layout, one owned entry per counter. A ratio below one
+//! is what the replica's layout (per-key sorted entries, actors interned) gains over it.
 //! Every result is checked against that plain join, and the merge must be idempotent.
 
 use std::collections::BTreeMap;

@@ -76,6 +76,33 @@ fn a_new_epoch_keeps_the_old_actors_contribution() {
 }
 
 #[test]
+fn decoding_refuses_counters_out_of_actor_order() {
+    let mut inv = Inventory::new();
+    let k = key("SKU-1", "A1");
+    inv.apply(&actor("n1", 1), &Delta { key: k.clone(), change: 1 }).unwrap();
+    inv.apply(&actor("n2", 1), &Delta { key: k.clone(), change: 2 }).unwrap();
+    let bytes = postcard::to_allocvec(&inv).unwrap();
+    assert_eq!(postcard::from_bytes::<Inventory>(&bytes).unwrap(), inv);
+    // The canonical form: actors sorted, then each key's entries as indexes into them.
+    let counters = inv.stock(&k).unwrap().counters();
+    let actors: Vec<&Actor> = counters.iter().map(|(a, _)| *a).collect();
+    let entries =
+        |order: [usize; 2]| vec![(&k, order.iter().map(|&i| (i, counters[i].1)).collect::<Vec<_>>())];
+    let good = postcard::to_allocvec(&(&actors, entries([0, 1]))).unwrap();
+    assert_eq!(good, bytes, "the encoding is the canonical form");
+    // A peer's bytes that would break the order, repeat an actor or name an unknown one.
+    for bad in [
+        postcard::to_allocvec(&(&actors, entries([1, 0]))).unwrap(),
+        postcard::to_allocvec(&(&actors, entries([0, 0]))).unwrap(),
+        postcard::to_allocvec(&(&actors[..1], entries([0, 1]))).unwrap(),
+        postcard::to_allocvec(&([actors[1], actors[0]], entries([0, 1]))).unwrap(),
+    ] {
+        assert!(postcard::from_bytes::<Inventory>(&bytes).is_ok());
+        assert!(postcard::from_bytes::<Inventory>(&bad).is_err());
+    }
+}
+
+#[test]
 fn overflow_is_refused_not_wrapped() {
     let mut inv = Inventory::new();
     let k = key("SKU-1", "A1");
@@ -162,6 +189,50 @@ proptest! {
         }
         for (k, sum) in sums {
             prop_assert_eq!(everything.value(&k).unwrap(), sum);
+        }
+    }
+
+    #[test]
+    fn counters_agree_with_the_crdts_pn_counter(
+        streams in prop::collection::vec(actor_deltas(), 1..5),
+        deliveries in prop::collection::vec((0usize..5, 0usize..5), 0..20),
+    ) {
+        // The same operations and the same merges on `crdts::PNCounter` (one per key, an
+        // entry per actor): every replica reads the same value of every key.
+        use crdts::{CmRDT, CvRDT, PNCounter};
+        let keys = [key("S1", "A"), key("S1", "B"), key("S2", "A"), key("S3", "C")];
+        let mut ours = replicas(&streams);
+        let mut reference: Vec<Vec<PNCounter<usize>>> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, deltas)| {
+                let mut counters = vec![PNCounter::new(); keys.len()];
+                for (k, change) in deltas {
+                    let steps = change.unsigned_abs();
+                    let op = if *change >= 0 {
+                        counters[*k].inc_many(i, steps)
+                    } else {
+                        counters[*k].dec_many(i, steps)
+                    };
+                    counters[*k].apply(op);
+                }
+                counters
+            })
+            .collect();
+        for (from, to) in deliveries {
+            let (from, to) = (from % ours.len(), to % ours.len());
+            let sent = ours[from].clone();
+            ours[to].merge(&sent);
+            let sent = reference[from].clone();
+            for (mine, theirs) in reference[to].iter_mut().zip(sent) {
+                mine.merge(theirs);
+            }
+        }
+        for (replica, counters) in ours.iter().zip(&reference) {
+            for (k, counter) in keys.iter().zip(counters) {
+                let expected = i64::try_from(counter.read()).unwrap();
+                prop_assert_eq!(replica.value(k).unwrap(), expected, "{}", k);
+            }
         }
     }
 

@@ -58,8 +58,7 @@ impl VersionedInventory {
         let mut keys: Vec<&StockKey> = Vec::new();
         let mut entries = 0;
         for key in self.by_version.range(version.saturating_add(1)..).flat_map(|(_, keys)| keys) {
-            // The iterator's exact length: no counter is read to count them.
-            let cost = 1 + self.merged.stock(key).map_or(0, |s| s.contributions().size_hint().0);
+            let cost = 1 + self.merged.stock(key).map_or(0, |s| s.len());
             if entries + cost > entries_max && !keys.is_empty() {
                 chunks.push(self.merged.restrict(keys.drain(..)));
                 entries = 0;
@@ -79,7 +78,7 @@ impl VersionedInventory {
     }
 
     /// The keys below zero with their counters.
-    pub fn exceptions(&self) -> impl Iterator<Item = (&StockKey, &Stock)> {
+    pub fn exceptions(&self) -> impl Iterator<Item = (&StockKey, Stock<'_>)> {
         self.negative.iter().filter_map(|k| self.merged.stock(k).map(|s| (k, s)))
     }
 }
