@@ -150,12 +150,7 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
 
 /// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &shared.metrics) {
-        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-            .into_response(),
-        Err(e) => ApiError::Store(StoreError::CommitFailed(format!("encoding metrics: {e}"))).into_response(),
-    }
+    node::daemon::metrics_response(&shared.metrics)
 }
 
 /// Every actor's contribution to a key.

@@ -215,3 +215,19 @@ pub struct RunArgs<S: clap::Args> {
     #[command(flatten)]
     pub settings: S,
 }
+
+/// The answer to `GET /metrics`: `registry` in the OpenMetrics text format Prometheus
+/// scrapes, or a 500 with a JSON error if it cannot be encoded.
+pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(serde_json::json!({"error": "metrics", "message": format!("encoding metrics: {e}")})),
+        )
+            .into_response(),
+    }
+}

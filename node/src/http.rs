@@ -1,5 +1,5 @@
 //! The scanners' HTTP API (API.md): `POST /v1/events`, `GET /v1/events/{event_id}`,
-//! `GET /v1/status`, `/healthz` and `/readyz`.
+//! `GET /v1/status`, `GET /v1/inventory/{sku}`, `GET /metrics`, `/healthz` and `/readyz`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -14,8 +14,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity, Sku};
 
+use prometheus_client::registry::Registry;
+
 use crate::config::Config;
+use crate::daemon::metrics_response;
 use crate::ingest::{IngestError, Posted, parse_body};
+use crate::metrics::NodeMetrics;
 use crate::replicator::SharedLink;
 use crate::store::{NewEvent, Outcome, Placement, Store, now_ms};
 
@@ -30,6 +34,10 @@ pub struct AppState {
     pub identity: NodeIdentity,
     /// The replication link's status.
     pub link: SharedLink,
+    /// What the handlers count.
+    pub metrics: NodeMetrics,
+    /// Everything `GET /metrics` shows.
+    pub registry: Arc<Registry>,
 }
 
 /// The router of the node's API.
@@ -39,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{event_id}", get(get_event))
         .route("/v1/status", get(status))
         .route("/v1/inventory/{sku}", get(inventory))
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { metrics_response(&state.registry) }),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         // The body limit is enforced by `post_events` itself, so that an oversize body gets
@@ -100,14 +112,17 @@ async fn append(state: &AppState, events: Vec<Event>) -> Result<Vec<Outcome>, In
         return Ok(Vec::new());
     }
     let lanes = &state.config.lanes;
-    let events = events
+    let events: Vec<NewEvent> = events
         .into_iter()
         .map(|event| {
             let lane = lanes.get(&event.kind).copied().unwrap_or_else(|| event.kind.default_lane());
             NewEvent { event, lane }
         })
         .collect();
-    state.store.append(events).await.map_err(|e| IngestError::Unavailable(e.to_string()))
+    let lanes: Vec<Lane> = events.iter().map(|e| e.lane).collect();
+    let outcomes = state.store.append(events).await.map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    state.metrics.count(lanes, &outcomes);
+    Ok(outcomes)
 }
 
 fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Value {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod replicator;
 pub mod store;
 pub mod tls;
@@ -35,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::metrics::NodeMetrics;
 use crate::replicator::{LinkStatus, Replicator};
 use crate::store::{Store, now_ms};
 
@@ -79,7 +81,16 @@ pub async fn run(
     let pruning = tokio::spawn(prune_loop(store.clone(), config.retention, stop_rx.clone()));
 
     let config = Arc::new(config);
-    let app = http::router(http::AppState { store: store.clone(), config, identity: creds.identity, link });
+    let metrics = NodeMetrics::default();
+    let registry = Arc::new(metrics.registry(store.clone(), link.clone()));
+    let app = http::router(http::AppState {
+        store: store.clone(),
+        config,
+        identity: creds.identity,
+        link,
+        metrics,
+        registry,
+    });
     let served = daemon::serve_http_until(listener, app, shutdown, &stop_tx).await;
     let _ = replication.await;
     let _ = pruning.await;

@@ -32,8 +32,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::sync::RwLock;
 
@@ -160,12 +161,29 @@ pub struct LanePosition {
 }
 
 /// Counters of the writer, for status and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     /// Write transactions that appended at least one event.
     pub commits: AtomicU64,
     /// Events appended.
     pub events: AtomicU64,
+    /// Seconds per commit that appended events, fsync included.
+    pub commit_seconds: Histogram,
+    /// Events per commit that appended events.
+    pub events_per_commit: Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::default(),
+            events: AtomicU64::default(),
+            // 50 µs to about 3.3 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            // 1 to 16,384 events.
+            events_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+        }
+    }
 }
 
 /// A handle to the store: cheap to clone, usable from any task.
@@ -514,7 +532,9 @@ impl Writer {
         let mut appended = 0u64;
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let mut overlay = Overlay { replica: &replica, changed: Inventory::new(), version: None };
+        let started = Instant::now();
         let result = self.apply(ops, &mut positions, &mut overlay, &mut appended);
+        let took = started.elapsed();
         let Overlay { changed, version, .. } = overlay;
         drop(replica);
         match result {
@@ -522,6 +542,8 @@ impl Writer {
                 if appended > 0 {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.events.fetch_add(appended, Ordering::Relaxed);
+                    self.stats.commit_seconds.observe(took.as_secs_f64());
+                    self.stats.events_per_commit.observe(appended as f64);
                 }
                 if !changed.is_empty() {
                     // The overlay holds each touched key's whole new state, so the join

@@ -12,6 +12,7 @@ mod chaos;
 mod epochs;
 mod group_commit;
 mod inventory;
+mod prometheus;
 mod replication;
 
 use std::sync::Arc;

@@ -410,7 +410,8 @@ impl Serialize for Inventory {
 
 impl<'de> Deserialize<'de> for Inventory {
     /// Refuses what the canonical form rules out (actors or keys out of order or
-    /// repeated, an entry naming no actor), so a peer's bytes cannot break an invariant.
+    /// repeated, a key without entries, an entry naming no actor), so a peer's bytes
+    /// cannot break an invariant.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let wire = Wire::deserialize(deserializer)?;
@@ -422,7 +423,10 @@ impl<'de> Deserialize<'de> for Inventory {
         }
         let known = wire.actors.len();
         for (key, entries) in &wire.stock {
-            if entries.windows(2).any(|w| w[0].0 >= w[1].0) || entries.iter().any(|(ix, _)| *ix >= known) {
+            if entries.is_empty()
+                || entries.windows(2).any(|w| w[0].0 >= w[1].0)
+                || entries.iter().any(|(ix, _)| *ix >= known)
+            {
                 return Err(D::Error::custom(format!("inventory counters of {key} out of order or unknown")));
             }
         }

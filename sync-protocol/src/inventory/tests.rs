@@ -96,6 +96,7 @@ fn decoding_refuses_counters_out_of_actor_order() {
         postcard::to_allocvec(&(&actors, entries([0, 0]))).unwrap(),
         postcard::to_allocvec(&(&actors[..1], entries([0, 1]))).unwrap(),
         postcard::to_allocvec(&([actors[1], actors[0]], entries([0, 1]))).unwrap(),
+        postcard::to_allocvec(&(&actors, vec![(&k, Vec::<(usize, Counter)>::new())])).unwrap(),
     ] {
         assert!(postcard::from_bytes::<Inventory>(&bytes).is_ok());
         assert!(postcard::from_bytes::<Inventory>(&bad).is_err());
