@@ -127,3 +127,24 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_sample_resolves_with_its_commented_options_too() {
+        let sample = include_str!("../deploy/relay.toml");
+        let s: Settings = toml::from_str(sample).unwrap();
+        Config::resolve(s).unwrap();
+        // The options left at their default are there too, commented out.
+        let uncommented = sample.replace("# region =", "region =").replace("# name =", "name =");
+        let s: Settings = toml::from_str(&uncommented).unwrap();
+        let config = Config::resolve(s).unwrap();
+        assert_eq!(config.name.as_deref(), Some("relay-1"));
+        assert_eq!(config.region.map(|r| r.to_string()).as_deref(), Some("eu-west"));
+        assert_eq!(config.connections_max, 4096);
+        assert_eq!(config.quic, "0.0.0.0:4433".parse().unwrap());
+        assert_eq!(config.key, PathBuf::from("/etc/outpost/relay.key"));
+    }
+}

@@ -9,6 +9,7 @@ mod bad_frames;
 mod bad_input;
 mod certificates;
 mod chaos;
+mod deploy;
 mod epochs;
 mod group_commit;
 mod inventory;

@@ -49,3 +49,25 @@ fn host_port_forms() {
     assert!(split_host_port(":4433").is_err());
     assert!(split_host_port("relay:http").is_err());
 }
+
+#[test]
+fn the_shipped_sample_sets_every_option_and_resolves() {
+    let sample = include_str!("../../deploy/node.toml");
+    let s: Settings = toml::from_str(sample).unwrap();
+    let documented = [
+        s.data_dir.is_some(),
+        s.http.is_some(),
+        s.relay.is_some(),
+        s.ca.is_some(),
+        s.cert.is_some(),
+        s.key.is_some(),
+        s.retention.is_some(),
+        s.body_bytes_max.is_some(),
+        s.batch_events_max.is_some(),
+        s.lanes.is_some(),
+    ];
+    assert!(documented.iter().all(|set| *set), "every setting appears in deploy/node.toml: {documented:?}");
+    let config = Config::resolve(s).unwrap();
+    assert_eq!(config.relays.len(), 2);
+    assert_eq!(config.lanes[&Kind::Transfer], Lane::Critical);
+}
