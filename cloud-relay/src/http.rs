@@ -183,24 +183,35 @@ async fn inventory_of(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LocationQuery {
-    location: String,
+    location: Option<String>,
 }
 
-/// `GET /v1/inventory?location=L`: the merged value of every SKU at a location.
+/// `GET /v1/inventory?location=L`: the merged value of every SKU at a location; without
+/// `location`, of every key the relay knows (what `outpost-relay inventory diff` reads).
 async fn inventory_at(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<LocationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
-    let location: Location = q.location.parse().map_err(|e: ParseError| ApiError::BadQuery(e.to_string()))?;
+    let location: Option<Location> = match q.location {
+        Some(l) => Some(l.parse().map_err(|e: ParseError| ApiError::BadQuery(e.to_string()))?),
+        None => None,
+    };
+    let version = *shared.store.next_offset().borrow();
     let items: Vec<Value> = shared.store.with_inventory(|inv| {
         inv.merged()
             .iter()
-            .filter(|(key, _)| key.location == location)
-            .map(|(key, stock)| json!({"sku": key.sku.as_str(), "value": stock.value()}))
+            .filter(|(key, _)| location.as_ref().is_none_or(|l| key.location == *l))
+            .map(|(key, stock)| {
+                json!({"sku": key.sku.as_str(), "location": key.location.as_str(), "value": stock.value()})
+            })
             .collect()
     });
-    Ok(Json(json!({"location": location.as_str(), "items": items})).into_response())
+    let mut body = json!({"version": version, "items": items});
+    if let Some(l) = location {
+        body["location"] = json!(l.as_str());
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET /v1/exceptions`: merged stock below zero, never clamped, with who moved it.

@@ -41,5 +41,7 @@ impl RelayInventory {
     }
 }
 
+pub mod diff;
+
 #[cfg(test)]
 mod tests;

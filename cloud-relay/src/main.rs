@@ -31,6 +31,28 @@ enum Command {
     /// Create the deployment CA and issue relay and node certificates.
     #[command(subcommand)]
     Pki(Pki),
+    /// Look at a running relay's merged inventory.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+}
+
+#[derive(Subcommand)]
+enum InventoryCommand {
+    /// Compare the merged inventory with a stock snapshot from the ERP and print the
+    /// differences, largest first. A key missing on one side counts as zero there. Exits
+    /// 0 when both agree, 1 when they differ, 2 when the comparison could not be made.
+    Diff {
+        /// The snapshot: CSV lines `sku,location,qty`, with an optional header line;
+        /// blank lines and lines starting with # are ignored.
+        #[arg(long, value_name = "FILE.csv")]
+        snapshot: PathBuf,
+        /// The relay's HTTP address.
+        #[arg(long, env = "OUTPOST_HTTP", default_value = cloud_relay::config::DEFAULT_HTTP, value_name = "ADDR")]
+        http: String,
+        /// Print the differences as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +126,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Pki(pki) => run_pki(pki),
+        Command::Inventory(InventoryCommand::Diff { snapshot, http, json }) => {
+            return match inventory_diff(&snapshot, &http, json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("outpost-relay: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +144,64 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `inventory diff`; `Ok(true)` when the relay and the snapshot agree.
+fn inventory_diff(snapshot: &std::path::Path, http: &str, json: bool) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    use cloud_relay::inventory::diff;
+    let text =
+        std::fs::read_to_string(snapshot).with_context(|| format!("reading {}", snapshot.display()))?;
+    let wanted = diff::parse_snapshot(&text).with_context(|| format!("snapshot {}", snapshot.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let url = format!("http://{http}/v1/inventory");
+    let body: serde_json::Value = runtime.block_on(async {
+        let resp = reqwest::get(&url).await.with_context(|| format!("reaching the relay at {url}"))?;
+        let resp = resp.error_for_status().with_context(|| format!("GET {url}"))?;
+        resp.json().await.with_context(|| format!("reading {url}"))
+    })?;
+    let relay = relay_levels(&body).with_context(|| format!("reading {url}"))?;
+    let diffs = diff::differences(&relay, &wanted);
+    let out = if json {
+        let list: Vec<serde_json::Value> = diffs
+            .iter()
+            .map(|d| {
+                serde_json::json!({"sku": d.key.sku.as_str(), "location": d.key.location.as_str(),
+                                   "relay": d.relay, "snapshot": d.snapshot, "difference": d.delta() as i64})
+            })
+            .collect();
+        format!(
+            "{}\n",
+            serde_json::json!({"differences": list, "relay_keys": relay.len(), "snapshot_keys": wanted.len()})
+        )
+    } else {
+        diff::render(&diffs, relay.len(), wanted.len())
+    };
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).context("writing to stdout")?;
+    Ok(diffs.is_empty())
+}
+
+/// The relay's `GET /v1/inventory` answer as levels per key.
+fn relay_levels(body: &serde_json::Value) -> anyhow::Result<cloud_relay::inventory::diff::Levels> {
+    use anyhow::Context;
+    let items = body["items"].as_array().context("no items in the answer")?;
+    items
+        .iter()
+        .map(|item| {
+            let field =
+                |name: &str| item[name].as_str().with_context(|| format!("an item without {name}: {item}"));
+            let key = sync_protocol::inventory::StockKey {
+                sku: field("sku")?.parse()?,
+                location: field("location")?.parse()?,
+            };
+            let value =
+                item["value"].as_i64().with_context(|| format!("{key} has no readable value: {item}"))?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 fn run(args: daemon::RunArgs<Settings>) -> anyhow::Result<()> {

@@ -242,3 +242,71 @@ async fn a_wiped_node_gets_its_old_contributions_back_and_moves_on_as_a_new_acto
     assert!(actors.contains(&old_epoch.as_str()) && actors.contains(&new_epoch.as_str()), "{view}");
     assert_eq!(view["locations"][0]["local"], 3, "both epochs are this node's own: {view}");
 }
+
+/// Runs `outpost-relay inventory diff` against the cluster's relay; returns the exit code
+/// and standard output.
+fn inventory_diff(cluster: &Cluster, snapshot: &str, extra: &[&str]) -> (i32, String) {
+    let path = cluster.dir().join("snapshot.csv");
+    std::fs::write(&path, snapshot).unwrap();
+    let out = std::process::Command::new(&cluster.bins.relay)
+        .args(["inventory", "diff", "--snapshot"])
+        .arg(&path)
+        .args(["--http", &cluster.relay.http_addr().to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_diff_finds_exactly_the_planted_differences() {
+    let cluster = Cluster::start(&["store-0031"]).await.unwrap();
+    let ev = |id: &str, kind: &str, sku: &str, qty: i64| json!({"event_id": id, "kind": kind, "sku": sku, "location": "A-01", "qty": qty});
+    for (id, kind, sku, qty) in [
+        ("r1", "receive", "SKU-A", 10),
+        ("r2", "receive", "SKU-B", 5),
+        ("p1", "pick", "SKU-B", 2),
+        ("r3", "receive", "SKU-D", 1),
+    ] {
+        assert_eq!(post(&cluster.nodes[0], ev(id, kind, sku, qty)).await, 201);
+    }
+    let merged = converged(&cluster, Duration::from_secs(30)).await;
+    assert_eq!(merged.len(), 3);
+
+    // The ERP agrees on SKU-A and SKU-D: nothing to report, exit 0.
+    let agreeing = "sku,location,qty\nSKU-A,A-01,10\nSKU-B,A-01,3\nSKU-D,A-01,1\n";
+    let (code, out) = inventory_diff(&cluster, agreeing, &[]);
+    assert_eq!((code, out.as_str()), (0, "0 differences (relay: 3 keys, snapshot: 3 keys)\n"));
+
+    // Planted: SKU-B counted 7 (relay 3), SKU-C only in the ERP, SKU-D missing from it.
+    let planted = "sku,location,qty\nSKU-A,A-01,10\nSKU-B,A-01,7\nSKU-C,A-02,6\n";
+    let (code, out) = inventory_diff(&cluster, planted, &["--json"]);
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let rows: Vec<(String, String, i64, i64, i64)> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let s = |f: &str| d[f].as_str().unwrap().to_owned();
+            let n = |f: &str| d[f].as_i64().unwrap();
+            (s("sku"), s("location"), n("relay"), n("snapshot"), n("difference"))
+        })
+        .collect();
+    let row =
+        |sku: &str, loc: &str, relay, snapshot, diff| (sku.to_owned(), loc.to_owned(), relay, snapshot, diff);
+    assert_eq!(
+        rows,
+        [row("SKU-C", "A-02", 0, 6, -6), row("SKU-B", "A-01", 3, 7, -4), row("SKU-D", "A-01", 1, 0, 1)],
+        "largest first"
+    );
+    let (code, table) = inventory_diff(&cluster, planted, &[]);
+    assert_eq!(code, 1);
+    assert!(table.ends_with("3 differences (relay: 3 keys, snapshot: 3 keys)\n"), "{table}");
+
+    // A snapshot that cannot be read is an error naming the line, exit 2.
+    let (code, out) = inventory_diff(&cluster, "SKU-A,A-01,ten\n", &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("line 1") && out.contains("qty"), "{out}");
+}
