@@ -153,3 +153,35 @@ pub fn status_text(s: &serde_json::Value) -> String {
     );
     out
 }
+
+/// What makes a node unhealthy, read from its `/v1/status`, one line per problem (none:
+/// healthy). A node is unhealthy when an event has waited longer than `max_unacked_age`
+/// for the relay's acknowledgement (the WAN has been down, or replication is stuck, for
+/// too long), or when a relay refused it and none has welcomed it since (a certificate
+/// or region problem that waiting will not fix). A short WAN cut is not a problem: the
+/// node buffers by design.
+pub fn health_problems(s: &serde_json::Value, max_unacked_age: Duration) -> Vec<String> {
+    let mut problems = Vec::new();
+    let relay = &s["relay"];
+    let state = relay["state"].as_str().unwrap_or("unknown");
+    for lane in ["critical", "standard", "bulk"] {
+        let l = &s["lanes"][lane];
+        let Some(age_ms) = l["oldest_unacked_age_ms"].as_u64() else { continue };
+        if Duration::from_millis(age_ms) > max_unacked_age {
+            problems.push(format!(
+                "{lane}: {} events unacknowledged, the oldest for {:.0}s (limit {}s); relay {state}",
+                l["backlog_events"],
+                age_ms as f64 / 1e3,
+                max_unacked_age.as_secs()
+            ));
+        }
+    }
+    if state != "connected" && relay["refusals"].as_u64().unwrap_or(0) > 0 {
+        let why = relay["last_error"].as_str().unwrap_or("no reason given");
+        problems.push(format!("the relay refused this node: {why}"));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests;

@@ -24,12 +24,18 @@ enum Command {
     /// for --data-dir, and so on) or in the config file; a flag wins over the environment,
     /// which wins over the file.
     Run(daemon::RunArgs<Settings>),
-    /// Print a human-readable view of a running node's /v1/status; exits non-zero when
-    /// the node cannot be reached.
+    /// Print a human-readable view of a running node's /v1/status, then whether it is
+    /// healthy. Exits 0 when healthy, 1 when unhealthy (an event waited longer than
+    /// --max-unacked-age for the relay, or a relay refused the node), 2 when the node
+    /// cannot be reached: fit for scripts and monitoring checks.
     Status {
         /// The node's HTTP address.
         #[arg(long, env = "OUTPOST_HTTP", default_value = node::config::DEFAULT_HTTP, value_name = "ADDR")]
         http: String,
+        /// How long an event may wait for the relay's acknowledgement before the node
+        /// counts as unhealthy (a WAN outage or stuck replication).
+        #[arg(long, default_value = "5m", value_name = "DURATION")]
+        max_unacked_age: humantime::Duration,
     },
 }
 
@@ -38,7 +44,16 @@ fn main() -> ExitCode {
     daemon::init_tracing();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Status { http } => status(&http),
+        Command::Status { http, max_unacked_age } => {
+            return match status(&http, max_unacked_age.into()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("outpost-node: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,14 +70,22 @@ fn run(args: daemon::RunArgs<Settings>) -> anyhow::Result<()> {
     daemon::serve(config.http, |listener| node::run(config, listener, daemon::shutdown_signal()))
 }
 
-fn status(http: &str) -> anyhow::Result<()> {
+/// Prints the node's status; `Ok(true)` when it is healthy.
+fn status(http: &str, max_unacked_age: std::time::Duration) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let body: serde_json::Value = runtime.block_on(async {
         let url = format!("http://{http}/v1/status");
         let resp = reqwest::get(&url).await.with_context(|| format!("reaching the node at {url}"))?;
         resp.json().await.context("reading /v1/status")
     })?;
-    let text = node::status_text(&body);
+    let mut text = node::status_text(&body);
+    let problems = node::health_problems(&body, max_unacked_age);
+    if problems.is_empty() {
+        text.push_str("healthy\n");
+    }
+    for problem in &problems {
+        text.push_str(&format!("UNHEALTHY: {problem}\n"));
+    }
     std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).context("writing to stdout")?;
-    Ok(())
+    Ok(problems.is_empty())
 }

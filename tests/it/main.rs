@@ -15,6 +15,7 @@ mod group_commit;
 mod inventory;
 mod prometheus;
 mod replication;
+mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
