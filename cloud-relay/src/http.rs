@@ -20,7 +20,7 @@ use sync_protocol::inventory::Stock;
 use sync_protocol::{Location, ParseError, Sku};
 
 use crate::server::Shared;
-use crate::store::{LogEntry, StoreError};
+use crate::store::{LogEntry, StoreError, now_ms};
 
 /// Entries per `/v1/log` answer when `limit` is not given.
 pub const LOG_LIMIT_DEFAULT: usize = 1_000;
@@ -32,6 +32,7 @@ pub const WAIT_MS_MAX: u64 = 30_000;
 /// The router of the relay's API.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(region_page))
         .route("/v1/log", get(log))
         .route("/v1/nodes", get(nodes))
         .route("/v1/inventory", get(inventory_at))
@@ -124,10 +125,16 @@ fn log_json(offset: u64, e: &LogEntry) -> Value {
 }
 
 async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> {
+    Ok(Json(nodes_value(&shared).await?).into_response())
+}
+
+/// What `GET /v1/nodes` answers; the region page shows the same.
+async fn nodes_value(shared: &Shared) -> Result<Value, ApiError> {
     let store = shared.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.nodes())
         .await
         .map_err(|e| ApiError::Store(StoreError::CommitFailed(format!("read task: {e}"))))??;
+    let now = now_ms();
     let nodes: Vec<Value> = rows
         .iter()
         .map(|row| {
@@ -141,11 +148,21 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Result<Response, ApiError> 
                 "region": row.seen.region.as_str(),
                 "connected": shared.connections.is_connected(&row.node_id),
                 "last_seen": rfc3339_ms(row.seen.last_seen_ms),
+                "last_seen_age_ms": now.saturating_sub(row.seen.last_seen_ms),
                 "streams": streams,
             })
         })
         .collect();
-    Ok(Json(json!({"nodes": nodes})).into_response())
+    Ok(json!({"nodes": nodes}))
+}
+
+/// `GET /`: the region page, for people (`crate::page`).
+async fn region_page(State(shared): State<Arc<Shared>>) -> Response {
+    let nodes = nodes_value(&shared).await.map_err(|e| e.to_string());
+    let exceptions = exceptions_value(&shared);
+    let next_offset = *shared.store.next_offset().borrow();
+    let html = crate::page::region(&shared.receiver.region.to_string(), nodes, &exceptions, next_offset);
+    ([("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")], html).into_response()
 }
 
 /// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
@@ -216,6 +233,11 @@ async fn inventory_at(
 
 /// `GET /v1/exceptions`: merged stock below zero, never clamped, with who moved it.
 async fn exceptions(State(shared): State<Arc<Shared>>) -> Response {
+    Json(exceptions_value(&shared)).into_response()
+}
+
+/// What `GET /v1/exceptions` answers; the region page shows the same.
+fn exceptions_value(shared: &Shared) -> Value {
     let list: Vec<Value> = shared.store.with_inventory(|inv| {
         inv.exceptions()
             .map(|(key, stock)| {
@@ -224,7 +246,7 @@ async fn exceptions(State(shared): State<Arc<Shared>>) -> Response {
             })
             .collect()
     });
-    Json(json!({"exceptions": list})).into_response()
+    json!({"exceptions": list})
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod page;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +43,7 @@ pub struct AppState {
 /// The router of the node's API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(site_page))
         .route("/v1/events", post(post_events))
         .route("/v1/events/{event_id}", get(get_event))
         .route("/v1/status", get(status))
@@ -204,7 +205,12 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
-async fn status(State(state): State<AppState>) -> Response {
+async fn status(State(state): State<AppState>) -> Result<Response, IngestError> {
+    Ok(Json(status_value(&state)?).into_response())
+}
+
+/// What `GET /v1/status` answers; the status page and `outpost-node status` show the same.
+fn status_value(state: &AppState) -> Result<Value, IngestError> {
     let positions = *state.store.positions().borrow();
     let now = now_ms();
     let mut lanes = serde_json::Map::new();
@@ -212,7 +218,7 @@ async fn status(State(state): State<AppState>) -> Response {
         let pos = positions.get(lane);
         let oldest = match state.store.oldest_unacked_ms(lane) {
             Ok(oldest) => oldest.map(|t| now.saturating_sub(t)),
-            Err(e) => return IngestError::Unavailable(e.to_string()).into_response(),
+            Err(e) => return Err(IngestError::Unavailable(e.to_string())),
         };
         lanes.insert(
             lane.as_str().to_owned(),
@@ -226,7 +232,7 @@ async fn status(State(state): State<AppState>) -> Response {
     }
     let link = state.link.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let stats = state.store.stats();
-    Json(json!({
+    Ok(json!({
         "node_id": state.identity.node_id.as_str(),
         "region": state.identity.region.as_str(),
         "epoch": state.store.epoch().to_string(),
@@ -238,12 +244,16 @@ async fn status(State(state): State<AppState>) -> Response {
             "disk_bytes": state.store.disk_bytes(),
         },
     }))
-    .into_response()
 }
 
 /// `GET /v1/inventory/{sku}`: per location, this node's own contribution (`local`, all
 /// its epochs), the merged value, and every actor that contributed.
 async fn inventory(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Response, IngestError> {
+    Ok(Json(inventory_value(&state, &sku)?).into_response())
+}
+
+/// What `GET /v1/inventory/{sku}` answers; the status page shows the same.
+fn inventory_value(state: &AppState, sku: &str) -> Result<Value, IngestError> {
     let sku: Sku =
         sku.parse().map_err(|e: sync_protocol::ParseError| IngestError::invalid("sku", e.reason))?;
     let node_id = &state.identity.node_id;
@@ -265,7 +275,22 @@ async fn inventory(State(state): State<AppState>, Path(sku): Path<String>) -> Re
             .collect()
     });
     let version = state.store.inventory_version();
-    Ok(Json(json!({"sku": sku.as_str(), "relay_version": version, "locations": locations})).into_response())
+    Ok(json!({"sku": sku.as_str(), "relay_version": version, "locations": locations}))
+}
+
+/// `GET /?sku=S`: the site page, for a browser at the dock (`crate::page`).
+async fn site_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+    let status = status_value(&state);
+    let sku = q.sku.filter(|s| !s.trim().is_empty());
+    let inventory = sku.as_deref().map(|sku| inventory_value(&state, sku.trim()).map_err(|e| e.to_string()));
+    let html = crate::page::site(status.map_err(|e| e.to_string()), sku.as_deref(), inventory);
+    ([("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")], html).into_response()
+}
+
+/// The query of the site page.
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    sku: Option<String>,
 }
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.

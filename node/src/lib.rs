@@ -20,9 +20,11 @@
 
 pub mod config;
 pub mod daemon;
+pub mod html;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod page;
 pub mod replicator;
 pub mod store;
 pub mod tls;

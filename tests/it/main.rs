@@ -16,6 +16,7 @@ mod inventory;
 mod prometheus;
 mod replication;
 mod status;
+mod status_pages;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
