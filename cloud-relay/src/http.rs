@@ -14,10 +14,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use node::digest::{BLOCK_EVENTS, DigestQuery, block_json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sync_protocol::inventory::Stock;
-use sync_protocol::{Location, ParseError, Sku};
+use sync_protocol::{Epoch, Location, NodeId, ParseError, Sku};
 
 use crate::server::Shared;
 use crate::store::{LogEntry, StoreError, now_ms};
@@ -38,6 +39,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/inventory", get(inventory_at))
         .route("/v1/inventory/{sku}", get(inventory_of))
         .route("/v1/exceptions", get(exceptions))
+        .route("/v1/digests", get(digests))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
@@ -154,6 +156,42 @@ async fn nodes_value(shared: &Shared) -> Result<Value, ApiError> {
         })
         .collect();
     Ok(json!({"nodes": nodes}))
+}
+
+/// `GET /v1/digests?node_id=N&epoch=E&lane=L&from_block=B&limit=N`: the block digests
+/// of one node's stream (`node::digest`), with the stream's watermark.
+async fn digests(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<DigestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let bad = |e: ParseError| ApiError::BadQuery(e.to_string());
+    let node_id: NodeId = q.node_id.as_deref().unwrap_or("").parse().map_err(bad)?;
+    let epoch: Epoch = q.epoch.as_deref().unwrap_or("").parse().map_err(bad)?;
+    let lane = q.lane().map_err(bad)?;
+    let (from_block, limit) = (q.from_block, q.limit());
+    let store = shared.store.clone();
+    let (rows, marks) = {
+        let node_id = node_id.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((
+                store.digests(&node_id, epoch, lane, from_block, limit)?,
+                store.watermarks(&node_id, epoch)?,
+            ))
+        })
+        .await
+        .map_err(|e| ApiError::Store(StoreError::CommitFailed(format!("read task: {e}"))))??
+    };
+    let blocks: Vec<Value> = rows.iter().map(|(block, d)| block_json(*block, &d.digest)).collect();
+    Ok(Json(json!({
+        "node_id": node_id.as_str(),
+        "epoch": epoch.to_string(),
+        "lane": lane.as_str(),
+        "block_events": BLOCK_EVENTS,
+        "watermark": marks.get(lane),
+        "blocks": blocks,
+    }))
+    .into_response())
 }
 
 /// `GET /`: the region page, for people (`crate::page`).

@@ -381,8 +381,30 @@ impl Session {
                     self.shared.store.append(batch, replies.clone()).await?;
                 }
             }
+            Inbound::Frame { index: 0, msg: Message::Repair(batch) } => {
+                let limit = self.shared.receiver.limits.batch_events_max as usize;
+                if batch.events.is_empty() || batch.events.len() > limit {
+                    return Err(ProtocolViolation::Unexpected(
+                        "a repair of no records or over the batch limit",
+                    )
+                    .into());
+                }
+                let records = Append {
+                    node: self.identity.clone(),
+                    epoch,
+                    lane: batch.lane,
+                    first_seq: batch.first_seq,
+                    records: batch.events,
+                };
+                let repaired = self.shared.store.repair(records).await?;
+                let Some(Some(control)) = self.streams.first_mut() else {
+                    return Err(ConnError::Lost("control stream is gone".into()));
+                };
+                let frame = Message::Repaired(repaired).encode();
+                control.write_all(&frame).await.map_err(|e| ConnError::Lost(e.to_string()))?;
+            }
             Inbound::Frame { .. } => {
-                return Err(ProtocolViolation::Unexpected("only batches after hello").into());
+                return Err(ProtocolViolation::Unexpected("only batches and repairs after hello").into());
             }
             Inbound::Failed(error) => return Err(error),
         }

@@ -9,6 +9,7 @@
 //! | `watermarks` | `(&str node_id, u64 epoch, u8 lane)` | `u64` highest seq stored | append |
 //! | `nodes` | `&str` node_id | postcard [`NodeSeen`] | append, hello |
 //! | `stock` | `(&str sku, &str location)` | `(u64 version, postcard one-key Inventory)` | append |
+//! | `digests` | `(&str node_id, u64 epoch, u8 lane, u64 block)` | [`BlockDigest`] bytes, then the first and last log offset of the block's entries | append |
 //!
 //! The events' inventory deltas are applied to their actor's counters in the same
 //! transaction that appends them to the log: behind the watermark, so exactly once.
@@ -27,20 +28,22 @@
 //! refused. A watermark therefore never moves backwards and the log never holds a seq
 //! twice.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use node::digest::{BlockDigest, DIGEST_BYTES, block_of};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sync_protocol::inventory::{Actor, Inventory};
-use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Seq};
+use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Repaired, Seq};
 
 use crate::inventory::RelayInventory;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "relay.redb";
@@ -58,6 +61,7 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const WATERMARKS: TableDefinition<(&str, u64, u8), u64> = TableDefinition::new("watermarks");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const STOCK: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("stock");
+const DIGESTS: TableDefinition<(&str, u64, u8, u64), &[u8]> = TableDefinition::new("digests");
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,8 @@ pub struct Append {
 
 enum Command {
     Append(Append, CommitReplies),
+    /// Records sent again by reconciliation: add those missing below the watermark.
+    Repair(Append, oneshot::Sender<Result<Repaired, StoreError>>),
     Seen {
         node: NodeIdentity,
     },
@@ -268,6 +274,17 @@ impl Store {
         self.commands.send(Command::Append(batch, reply)).await.map_err(|_| StoreError::Closed)
     }
 
+    /// Takes records a node sent again because reconciliation found their block differs
+    /// here: each one at or below the stream's watermark that the log lacks is appended
+    /// (with its digest), one already held is counted as present or differing (and left
+    /// as it is), one past the watermark is left to normal replication. Inventory and
+    /// watermarks do not move: they counted these records when they first arrived.
+    pub async fn repair(&self, records: Append) -> Result<Repaired, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Repair(records, reply)).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Records that `node` was seen now (a hello). Best effort: durable with the next
     /// appending commit.
     pub async fn seen(&self, node: NodeIdentity) -> Result<(), StoreError> {
@@ -296,6 +313,36 @@ impl Store {
             }
         }
         Ok(marks)
+    }
+
+    /// The digests of `(node_id, epoch, lane)`'s blocks from `from_block` on, at most
+    /// `limit` of them, in block order.
+    pub fn digests(
+        &self,
+        node_id: &NodeId,
+        epoch: Epoch,
+        lane: Lane,
+        from_block: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredDigest)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(DIGESTS).map_err(db)?;
+        let (node, lane) = (node_id.as_str(), lane as u8);
+        let mut out = Vec::new();
+        for row in table
+            .range((node, epoch.0, lane, from_block)..=(node, epoch.0, lane, u64::MAX))
+            .map_err(db)?
+            .take(limit)
+        {
+            let (key, value) = row.map_err(db)?;
+            let block = key.value().3;
+            let digest = StoredDigest::from_bytes(value.value()).ok_or_else(|| StoreError::Corrupt {
+                what: format!("digest of {node_id}/{epoch}/{} block {block}", lane),
+                reason: "unreadable".into(),
+            })?;
+            out.push((block, digest));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` log entries from offset `from` on.
@@ -385,6 +432,7 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(WATERMARKS).map_err(db)?;
     txn.open_table(NODES).map_err(db)?;
     txn.open_table(STOCK).map_err(db)?;
+    txn.open_table(DIGESTS).map_err(db)?;
     txn.commit().map_err(db)
 }
 
@@ -450,10 +498,12 @@ impl Writer {
         let mut appends = Vec::new();
         let mut pending = Vec::new();
         let mut close = false;
+        let mut repairs = Vec::new();
         for command in group {
             match command {
                 Command::Seen { node } => seen.push(node),
                 Command::Close => close = true,
+                Command::Repair(records, reply) => repairs.push((records, reply)),
                 Command::Append(batch, reply) => {
                     let through = last_seq(batch.first_seq, batch.records.len());
                     pending.push(Pending { lane: batch.lane, through, reply });
@@ -493,7 +543,122 @@ impl Writer {
                 }
             }
         }
+        for (records, reply) in repairs {
+            let start = *self.next_offset.borrow();
+            let mut next = start;
+            let result = self.repair(&records, &mut next);
+            if result.is_ok() && next > start {
+                self.stats.commits.inc();
+                self.stats.events.inc_by(next - start);
+                self.next_offset.send_replace(next);
+            }
+            let _ = reply.send(result);
+        }
         close
+    }
+
+    /// Applies one repair in its own transaction ([`Store::repair`]). What the relay
+    /// holds of the records' blocks is found between the blocks' first and last log
+    /// offsets.
+    fn repair(&self, r: &Append, next: &mut u64) -> Result<Repaired, StoreError> {
+        let node = r.node.node_id.as_str();
+        let lane = r.lane as u8;
+        let first = r.first_seq.get();
+        let last = first + (r.records.len() as u64).saturating_sub(1);
+        let mut outcome = Repaired {
+            lane: r.lane,
+            first_seq: r.first_seq,
+            count: r.records.len() as u32,
+            inserted: 0,
+            present: 0,
+            differing: 0,
+            beyond_watermark: 0,
+        };
+        let mut txn = self.db.begin_write().map_err(db)?;
+        txn.set_durability(Durability::Immediate).map_err(db)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(db)?;
+            let marks = txn.open_table(WATERMARKS).map_err(db)?;
+            let mut digests = txn.open_table(DIGESTS).map_err(db)?;
+            let watermark = marks.get((node, r.epoch.0, lane)).map_err(db)?.map_or(0, |v| v.value());
+            let mut blocks: BTreeMap<u64, StoredDigest> = BTreeMap::new();
+            let mut held: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+            for block in block_of(first)..=block_of(last) {
+                let Some(stored) = digests.get((node, r.epoch.0, lane, block)).map_err(db)? else { continue };
+                let stored = StoredDigest::from_bytes(stored.value()).ok_or_else(|| {
+                    StoreError::CommitFailed(format!("unreadable digest of {node} block {block}"))
+                })?;
+                blocks.insert(block, stored);
+                for row in log.range(stored.first_offset..=stored.last_offset).map_err(db)? {
+                    let (offset, bytes) = row.map_err(db)?;
+                    let entry: LogEntry =
+                        postcard::from_bytes(bytes.value()).map_err(|e| StoreError::Corrupt {
+                            what: format!("log offset {}", offset.value()),
+                            reason: e.to_string(),
+                        })?;
+                    if entry.node_id == r.node.node_id
+                        && entry.epoch == r.epoch
+                        && entry.lane == r.lane
+                        && (first..=last).contains(&entry.seq)
+                    {
+                        let encoded = postcard::to_allocvec(&entry.record)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        held.insert(entry.seq, encoded);
+                    }
+                }
+            }
+            for (seq, record) in (first..).zip(&r.records) {
+                if seq > watermark {
+                    outcome.beyond_watermark += 1;
+                    continue;
+                }
+                let encoded =
+                    postcard::to_allocvec(record).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                match held.get(&seq) {
+                    Some(stored) if *stored == encoded => outcome.present += 1,
+                    Some(_) => outcome.differing += 1,
+                    None => {
+                        let one = BlockDigest::of_record(r.lane, seq, &encoded);
+                        blocks
+                            .entry(block_of(seq))
+                            .or_insert_with(|| StoredDigest::empty(*next))
+                            .add(&one, *next);
+                        let entry = LogEntry {
+                            node_id: r.node.node_id.clone(),
+                            epoch: r.epoch,
+                            lane: r.lane,
+                            seq,
+                            record: record.clone(),
+                        };
+                        let bytes = postcard::to_allocvec(&entry)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        log.insert(*next, bytes.as_slice()).map_err(db)?;
+                        *next += 1;
+                        outcome.inserted += 1;
+                    }
+                }
+            }
+            if outcome.inserted > 0 {
+                for (block, stored) in blocks {
+                    digests
+                        .insert((node, r.epoch.0, lane, block), stored.to_bytes().as_slice())
+                        .map_err(db)?;
+                }
+            }
+        }
+        txn.commit().map_err(db)?;
+        if outcome.inserted > 0 || outcome.differing > 0 {
+            tracing::warn!(
+                node,
+                lane = r.lane.as_str(),
+                first,
+                last,
+                inserted = outcome.inserted,
+                differing = outcome.differing,
+                "repair: the log lacked or differed on records it had acknowledged"
+            );
+        }
+        Ok(outcome)
     }
 
     /// Applies a group in one transaction: one result per append, meaningful only if the
@@ -514,6 +679,7 @@ impl Writer {
             let mut log = txn.open_table(LOG).map_err(db)?;
             let mut marks = txn.open_table(WATERMARKS).map_err(db)?;
             let mut nodes = txn.open_table(NODES).map_err(db)?;
+            let mut digests: BTreeMap<(String, u64, u8, u64), StoredDigest> = BTreeMap::new();
             let now = now_ms();
             for node in seen {
                 let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
@@ -544,6 +710,10 @@ impl Writer {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
+                        let one = BlockDigest::of(lane, seq, &record)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        let block = (node.node_id.as_str().to_owned(), epoch.0, lane as u8, block_of(seq));
+                        digests.entry(block).or_insert_with(|| StoredDigest::empty(*next)).add(&one, *next);
                         let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
                         let bytes = postcard::to_allocvec(&entry)
                             .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
@@ -559,6 +729,18 @@ impl Writer {
                 }
                 results.push(Ok(()));
             }
+            let mut stored = txn.open_table(DIGESTS).map_err(db)?;
+            for ((node_id, epoch, lane, block), added) in digests {
+                let key = (node_id.as_str(), epoch, lane, block);
+                let mut digest = match stored.get(key).map_err(db)? {
+                    Some(bytes) => StoredDigest::from_bytes(bytes.value()).ok_or_else(|| {
+                        StoreError::CommitFailed(format!("unreadable digest of {node_id} block {block}"))
+                    })?,
+                    None => StoredDigest::empty(added.first_offset),
+                };
+                digest.merge(&added);
+                stored.insert(key, digest.to_bytes().as_slice()).map_err(db)?;
+            }
             let mut stock = txn.open_table(STOCK).map_err(db)?;
             for (key, _) in changed.iter() {
                 let row = postcard::to_allocvec(&changed.restrict([key]))
@@ -573,6 +755,101 @@ impl Writer {
         txn.set_durability(durability).map_err(db)?;
         txn.commit().map_err(db)?;
         Ok(results)
+    }
+}
+
+/// Removes the log entries of `node_id`'s `(epoch, lane)` stream whose seqs are in
+/// `seqs`, with their part of the block digests, and leaves the watermark where it is: a
+/// relay that lost records it had acknowledged, as a faulty disk or a bug would leave it.
+/// Returns how many entries went. The log's last entry stays, so that the next offset,
+/// which the relay derives from it, is never handed out twice. The relay must be
+/// stopped. For fault-injection tests of reconciliation only.
+#[cfg(feature = "fault-injection")]
+pub fn lose_records(
+    dir: &Path,
+    node_id: &NodeId,
+    epoch: Epoch,
+    lane: Lane,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Result<u64, StoreError> {
+    let database = Database::open(dir.join(STORE_FILE)).map_err(db)?;
+    let txn = database.begin_write().map_err(db)?;
+    let mut removed = 0;
+    {
+        let mut log = txn.open_table(LOG).map_err(db)?;
+        let mut digests = txn.open_table(DIGESTS).map_err(db)?;
+        let last_offset = log.last().map_err(db)?.map(|(offset, _)| offset.value());
+        for block in block_of(*seqs.start())..=block_of(*seqs.end()) {
+            let key = (node_id.as_str(), epoch.0, lane as u8, block);
+            let Some(bytes) = digests.get(key).map_err(db)?.map(|v| v.value().to_vec()) else { continue };
+            let mut stored = StoredDigest::from_bytes(&bytes)
+                .ok_or_else(|| StoreError::CommitFailed(format!("unreadable digest of block {block}")))?;
+            let mut doomed = Vec::new();
+            for row in log.range(stored.first_offset..=stored.last_offset).map_err(db)? {
+                let (offset, bytes) = row.map_err(db)?;
+                let entry: LogEntry = postcard::from_bytes(bytes.value())
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                let ours = entry.node_id == *node_id && entry.epoch == epoch && entry.lane == lane;
+                if ours && seqs.contains(&entry.seq) && Some(offset.value()) != last_offset {
+                    let one = BlockDigest::of(lane, entry.seq, &entry.record)
+                        .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                    doomed.push((offset.value(), one));
+                }
+            }
+            for (offset, one) in doomed {
+                log.remove(offset).map_err(db)?;
+                stored.digest.subtract(&one);
+                removed += 1;
+            }
+            digests.insert(key, stored.to_bytes().as_slice()).map_err(db)?;
+        }
+    }
+    txn.commit().map_err(db)?;
+    Ok(removed)
+}
+
+/// A block's digest as the relay keeps it: the digest, and the first and last log offset
+/// of the block's entries (where a repair looks for what the block holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredDigest {
+    /// The block's digest.
+    pub digest: BlockDigest,
+    /// Lowest log offset of an entry of the block.
+    pub first_offset: u64,
+    /// Highest log offset of an entry of the block.
+    pub last_offset: u64,
+}
+
+impl StoredDigest {
+    fn empty(offset: u64) -> StoredDigest {
+        StoredDigest { digest: BlockDigest::default(), first_offset: offset, last_offset: offset }
+    }
+
+    fn add(&mut self, one: &BlockDigest, offset: u64) {
+        self.digest.add(one);
+        self.first_offset = self.first_offset.min(offset);
+        self.last_offset = self.last_offset.max(offset);
+    }
+
+    fn merge(&mut self, other: &StoredDigest) {
+        self.digest.add(&other.digest);
+        self.first_offset = self.first_offset.min(other.first_offset);
+        self.last_offset = self.last_offset.max(other.last_offset);
+    }
+
+    fn to_bytes(self) -> [u8; DIGEST_BYTES + 16] {
+        let mut out = [0u8; DIGEST_BYTES + 16];
+        out[..DIGEST_BYTES].copy_from_slice(&self.digest.to_bytes());
+        out[DIGEST_BYTES..DIGEST_BYTES + 8].copy_from_slice(&self.first_offset.to_le_bytes());
+        out[DIGEST_BYTES + 8..].copy_from_slice(&self.last_offset.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<StoredDigest> {
+        let digest = BlockDigest::from_bytes(bytes.get(..DIGEST_BYTES)?)?;
+        let first_offset = u64::from_le_bytes(bytes.get(DIGEST_BYTES..DIGEST_BYTES + 8)?.try_into().ok()?);
+        let last_offset = u64::from_le_bytes(bytes.get(DIGEST_BYTES + 8..)?.try_into().ok()?);
+        (bytes.len() == DIGEST_BYTES + 16).then_some(StoredDigest { digest, first_offset, last_offset })
     }
 }
 

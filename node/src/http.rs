@@ -12,15 +12,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sync_protocol::{Epoch, Event, EventId, Lane, NodeIdentity, Sku};
+use sync_protocol::wire::BATCH_EVENTS_MAX;
+use sync_protocol::{Batch, Epoch, Event, EventId, Lane, NodeIdentity, Seq, Sku};
 
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::daemon::metrics_response;
+use crate::digest::{BLOCK_EVENTS, DigestQuery, block_json, seqs_of};
 use crate::ingest::{IngestError, Posted, parse_body};
 use crate::metrics::NodeMetrics;
 use crate::replicator::SharedLink;
+use crate::replicator::{RepairQueue, RepairRequest};
 use crate::store::{NewEvent, Outcome, Placement, Store, now_ms};
 
 /// What the handlers share.
@@ -38,6 +41,8 @@ pub struct AppState {
     pub metrics: NodeMetrics,
     /// Everything `GET /metrics` shows.
     pub registry: Arc<Registry>,
+    /// Where repairs go to the replicator.
+    pub repairs: RepairQueue,
 }
 
 /// The router of the node's API.
@@ -48,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{event_id}", get(get_event))
         .route("/v1/status", get(status))
         .route("/v1/inventory/{sku}", get(inventory))
+        .route("/v1/digests", get(digests))
+        .route("/v1/reconcile/repair", post(repair))
         .route(
             "/metrics",
             get(|State(state): State<AppState>| async move { metrics_response(&state.registry) }),
@@ -276,6 +283,102 @@ fn inventory_value(state: &AppState, sku: &str) -> Result<Value, IngestError> {
     });
     let version = state.store.inventory_version();
     Ok(json!({"sku": sku.as_str(), "relay_version": version, "locations": locations}))
+}
+
+/// `GET /v1/digests?lane=L&from_block=B&limit=N`: the lane's block digests
+/// (`crate::digest`), with the positions they are to be read against.
+async fn digests(
+    State(state): State<AppState>,
+    query: Result<Query<DigestQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, IngestError> {
+    let Query(q) = query.map_err(|e| IngestError::invalid("query", e.body_text()))?;
+    let lane = q.lane().map_err(|e| IngestError::invalid("lane", e.reason))?;
+    let pos = *state.store.positions().borrow().get(lane);
+    let rows = state
+        .store
+        .digests(lane, q.from_block, q.limit())
+        .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    let blocks: Vec<Value> = rows.iter().map(|(block, d)| block_json(*block, d)).collect();
+    Ok(Json(json!({
+        "node_id": state.identity.node_id.as_str(),
+        "epoch": state.store.epoch().to_string(),
+        "lane": lane.as_str(),
+        "block_events": BLOCK_EVENTS,
+        "head_seq": pos.head,
+        "acked_seq": pos.acked,
+        "blocks": blocks,
+    }))
+    .into_response())
+}
+
+/// What `POST /v1/reconcile/repair` takes: the block to send the relay again.
+#[derive(Debug, serde::Deserialize)]
+struct RepairBody {
+    lane: String,
+    block: u64,
+}
+
+/// How long a repair may wait for a relay connection and its answers.
+const REPAIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `POST /v1/reconcile/repair {"lane", "block"}`: sends the relay again the records of a
+/// block it acknowledged, in batches, and sums its answers. Harmless whatever the relay
+/// holds: it adds only what it lacks (PROTOCOL.md, idempotency).
+async fn repair(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, IngestError> {
+    let req: RepairBody = serde_json::from_slice(&body)
+        .map_err(|e| IngestError::invalid("body", format!("expected {{\"lane\", \"block\"}}: {e}")))?;
+    let lane: Lane =
+        req.lane.parse().map_err(|e: sync_protocol::ParseError| IngestError::invalid("lane", e.reason))?;
+    let acked = state.store.positions().borrow().get(lane).acked;
+    let (first, last) = seqs_of(req.block);
+    let last = last.min(acked);
+    if first > last {
+        return Err(IngestError::invalid(
+            "block",
+            format!("block {} holds nothing the relay acknowledged", req.block),
+        ));
+    }
+    let store = state.store.clone();
+    let count = last - first + 1;
+    let start = Seq::new(first).ok_or_else(|| IngestError::invalid("block", "no such block"))?;
+    let records = tokio::task::spawn_blocking(move || store.read_range(lane, start, count as u32))
+        .await
+        .map_err(|e| IngestError::Unavailable(format!("store read task: {e}")))?
+        .map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    if records.len() as u64 != count {
+        return Err(IngestError::Unavailable(format!(
+            "{lane} seqs {first}-{last} were pruned from this node ({} of {count} left); the block cannot be resent",
+            records.len()
+        )));
+    }
+    let mut total = json!({"lane": lane.as_str(), "block": req.block, "first_seq": first, "last_seq": last,
+        "sent": 0, "inserted": 0, "present": 0, "differing": 0, "beyond_watermark": 0});
+    let mut seq = first;
+    for chunk in records.chunks(BATCH_EVENTS_MAX as usize) {
+        let first_seq = Seq::new(seq).ok_or_else(|| IngestError::Unavailable("seq overflow".into()))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let batch = Batch { lane, first_seq, events: chunk.to_vec() };
+        let sent = async {
+            state.repairs.send(RepairRequest { batch, reply }).await.ok()?;
+            answer.await.ok()
+        };
+        let repaired = tokio::time::timeout(REPAIR_TIMEOUT, sent).await.ok().flatten().ok_or_else(|| {
+            IngestError::Unavailable(
+                "no relay connection answered the repair in time; try again when the link is up".into(),
+            )
+        })?;
+        for (field, n) in [
+            ("sent", repaired.count),
+            ("inserted", repaired.inserted),
+            ("present", repaired.present),
+            ("differing", repaired.differing),
+            ("beyond_watermark", repaired.beyond_watermark),
+        ] {
+            total[field] = json!(total[field].as_u64().unwrap_or(0) + u64::from(n));
+        }
+        seq += chunk.len() as u64;
+    }
+    Ok(Json(total).into_response())
 }
 
 /// `GET /?sku=S`: the site page, for a browser at the dock (`crate::page`).

@@ -20,11 +20,13 @@
 
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod html;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod page;
+pub mod reconcile;
 pub mod replicator;
 pub mod store;
 pub mod tls;
@@ -41,6 +43,9 @@ use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use crate::replicator::{LinkStatus, Replicator};
 use crate::store::{Store, now_ms};
+
+/// Repairs (`POST /v1/reconcile/repair`) waiting for the replicator at most.
+const REPAIRS_QUEUED_MAX: usize = 16;
 
 /// How often acknowledged events past retention are pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
@@ -72,12 +77,14 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let link = Arc::new(Mutex::new(LinkStatus { addresses: config.relays.clone(), ..LinkStatus::default() }));
+    let (repairs, repair_queue) = tokio::sync::mpsc::channel(REPAIRS_QUEUED_MAX);
     let replicator = Replicator {
         store: store.clone(),
         identity: creds.identity.clone(),
         client_config: creds.client_config,
         relays: config.relays.clone(),
         link: link.clone(),
+        repairs: tokio::sync::Mutex::new(repair_queue),
     };
     let replication = tokio::spawn(replicator.run(stop_rx.clone()));
     let pruning = tokio::spawn(prune_loop(store.clone(), config.retention, stop_rx.clone()));
@@ -92,6 +99,7 @@ pub async fn run(
         link,
         metrics,
         registry,
+        repairs,
     });
     let served = daemon::serve_http_until(listener, app, shutdown, &stop_tx).await;
     let _ = replication.await;

@@ -37,6 +37,24 @@ enum Command {
         #[arg(long, default_value = "5m", value_name = "DURATION")]
         max_unacked_age: humantime::Duration,
     },
+    /// Compare this node's block digests with the relay's, lane by lane: print the blocks
+    /// that match and the first that differs. With --repair, have the node send each
+    /// differing block again (the relay adds what it lacks; harmless for the rest) and
+    /// compare again. Exits 0 when every lane matches, 1 when one differs, 2 on error.
+    Reconcile {
+        /// The node's HTTP address.
+        #[arg(long, env = "OUTPOST_HTTP", default_value = node::config::DEFAULT_HTTP, value_name = "ADDR")]
+        http: String,
+        /// The relay's HTTP address (its consumer API, where /v1/digests is).
+        #[arg(long, value_name = "ADDR")]
+        relay_http: String,
+        /// Lanes to compare, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "critical,standard,bulk", value_name = "LANES")]
+        lane: Vec<String>,
+        /// Resend differing blocks to the relay, then compare again.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +62,16 @@ fn main() -> ExitCode {
     daemon::init_tracing();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Reconcile { http, relay_http, lane, repair } => {
+            return match reconcile(&http, &relay_http, &lane, repair) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("outpost-node: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Status { http, max_unacked_age } => {
             return match status(&http, max_unacked_age.into()) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -88,4 +116,16 @@ fn status(http: &str, max_unacked_age: std::time::Duration) -> anyhow::Result<bo
     }
     std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).context("writing to stdout")?;
     Ok(problems.is_empty())
+}
+
+/// Runs `reconcile`; `Ok(true)` when every lane matches.
+fn reconcile(http: &str, relay_http: &str, lanes: &[String], repair: bool) -> anyhow::Result<bool> {
+    for lane in lanes {
+        lane.parse::<sync_protocol::Lane>().map_err(|e| anyhow::anyhow!("--lane {lane}: {}", e.reason))?;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut out = String::new();
+    let result = runtime.block_on(node::reconcile::run(http, relay_http, lanes, repair, &mut out));
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).context("writing to stdout")?;
+    result
 }

@@ -6,6 +6,7 @@
 //! means are the sender's. The shell owns the clock, the OS randomness for jitter, the
 //! sockets and the store reads.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -15,11 +16,11 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use sync_protocol::wire::{self, FrameDecoder, close};
 use sync_protocol::{
-    Batch, Lane, Message, NodeIdentity, PerLane, ProtocolViolation, Refuse, Sender, SenderConfig,
+    Batch, Lane, Message, NodeIdentity, PerLane, ProtocolViolation, Refuse, Repaired, Sender, SenderConfig,
     SenderEvent, Transmit,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::config::split_host_port;
@@ -110,7 +111,22 @@ pub struct Replicator {
     pub relays: Vec<String>,
     /// Status for the HTTP API.
     pub link: SharedLink,
+    /// Repairs asked for by reconciliation (`POST /v1/reconcile/repair`), sent on the
+    /// connection of the moment.
+    pub repairs: tokio::sync::Mutex<mpsc::Receiver<RepairRequest>>,
 }
+
+/// A repair to send: records the relay acknowledged, sent again (reconciliation).
+#[derive(Debug)]
+pub struct RepairRequest {
+    /// The records, from the node's store.
+    pub batch: Batch,
+    /// Where the relay's answer goes; dropped if the connection ends first.
+    pub reply: oneshot::Sender<Repaired>,
+}
+
+/// Where the HTTP API queues repairs for the replicator.
+pub type RepairQueue = mpsc::Sender<RepairRequest>;
 
 enum Ended {
     Shutdown,
@@ -228,10 +244,14 @@ impl Replicator {
         }
         sender.handle_connected(Instant::now());
         let mut lanes: PerLane<Option<quinn::SendStream>> = PerLane::default();
+        let mut repairs = self.repairs.lock().await;
+        // Replies to the repairs sent on this connection, in the order they were sent.
+        let mut awaiting: VecDeque<oneshot::Sender<Repaired>> = VecDeque::new();
+        let mut repair = None;
         loop {
             // Events first: an ack (even one that moves back, from a relay that lost its
             // store) is recorded before a flush that may fail on events no longer held.
-            self.handle_events(sender).await?;
+            self.handle_events(sender, &mut awaiting).await?;
             self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx).await?;
             tokio::select! {
                 msg = inbox.recv() => match msg {
@@ -248,8 +268,14 @@ impl Replicator {
                         sender.handle_appended(lane, pos.head);
                     }
                 }
+                Some(request) = repairs.recv(), if sender.is_ready() => repair = Some(request),
                 e = conn.closed() => return Err(connection_closed(e)),
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Ended::Shutdown),
+            }
+            if let Some(request) = repair.take() {
+                let frame = Message::Repair(request.batch).encode();
+                control_send.write_all(&frame).await.map_err(|e| ReplicateError::Lost(e.to_string()))?;
+                awaiting.push_back(request.reply);
             }
         }
     }
@@ -292,7 +318,11 @@ impl Replicator {
         Ok(())
     }
 
-    async fn handle_events(&self, sender: &mut Sender) -> Result<(), ReplicateError> {
+    async fn handle_events(
+        &self,
+        sender: &mut Sender,
+        awaiting: &mut VecDeque<oneshot::Sender<Repaired>>,
+    ) -> Result<(), ReplicateError> {
         while let Some(event) = sender.poll_event() {
             match event {
                 SenderEvent::Connect => {}
@@ -307,6 +337,19 @@ impl Replicator {
                 }
                 SenderEvent::Acked { lane, through } => self.store.record_ack(lane, through).await?,
                 SenderEvent::Refused(refuse) => return Err(ReplicateError::Refused(refuse)),
+                SenderEvent::Repaired(repaired) => {
+                    tracing::info!(lane = repaired.lane.as_str(), first_seq = %repaired.first_seq,
+                        inserted = repaired.inserted, present = repaired.present,
+                        differing = repaired.differing, "relay answered a repair");
+                    match awaiting.pop_front() {
+                        Some(reply) => drop(reply.send(repaired)),
+                        None => {
+                            return Err(
+                                ProtocolViolation::Unexpected("a repair answer nobody asked for").into()
+                            );
+                        }
+                    }
+                }
                 SenderEvent::RelayRegressed { lane, acked, watermark } => {
                     let line = format!(
                         "the relay holds {lane} only through seq {watermark} but had acknowledged {acked}: \

@@ -8,6 +8,7 @@
 //! | `ids` | `&str` event_id | `(u8 lane, u64 seq)` | append; prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked)` | append (head), ack (acked) |
 //! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
+//! | `digests` | `(u8 lane, u64 block)` | [`BlockDigest`] bytes | append; never pruned |
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -29,24 +30,26 @@
 //! command, then everything else already queued (up to [`GROUP_EVENTS_MAX`] events), and
 //! applies all of it in one transaction: one fsync for the whole group.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::sync::RwLock;
-
 use sync_protocol::inventory::{Actor, Inventory, StockKey, deltas_of};
 use sync_protocol::{Epoch, Event, EventId, InventoryUpdate, Lane, NodeId, PerLane, Record, Seq};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::digest::{BlockDigest, block_of, seqs_of};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
 const IDS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("ids");
 const LANES: TableDefinition<u8, (u64, u64)> = TableDefinition::new("lanes");
 const STOCK: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stock");
+const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests");
 
 /// The on-disk format this build writes and reads.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
@@ -334,6 +337,30 @@ impl Store {
         Ok(Some((Placement { lane, seq, received_at_ms: record.received_at_ms }, record)))
     }
 
+    /// The digests of `lane`'s blocks from `from_block` on, at most `limit` of them, in
+    /// block order. Blocks whose events were pruned keep their digests.
+    pub fn digests(
+        &self,
+        lane: Lane,
+        from_block: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, BlockDigest)>, StoreError> {
+        let txn = self.db.begin_read().db()?;
+        let table = txn.open_table(DIGESTS).db()?;
+        let mut out = Vec::new();
+        for entry in table.range((lane as u8, from_block)..=(lane as u8, u64::MAX)).db()?.take(limit) {
+            let (key, value) = entry.db()?;
+            let (_, block) = key.value();
+            let digest = BlockDigest::from_bytes(value.value()).ok_or_else(|| StoreError::Corrupt {
+                lane,
+                seq: seqs_of(block).0,
+                reason: "unreadable block digest".into(),
+            })?;
+            out.push((block, digest));
+        }
+        Ok(out)
+    }
+
     /// When the oldest unacknowledged event of `lane` was received, if there is one.
     pub fn oldest_unacked_ms(&self, lane: Lane) -> Result<Option<u64>, StoreError> {
         let pos = *self.positions.borrow().get(lane);
@@ -390,6 +417,7 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
     txn.open_table(IDS).db()?;
     txn.open_table(LANES).db()?;
     txn.open_table(STOCK).db()?;
+    txn.open_table(DIGESTS).db()?;
     txn.commit().db()?;
     Ok(Epoch(epoch))
 }
@@ -595,11 +623,12 @@ impl Writer {
         {
             let mut events = txn.open_table(EVENTS).db()?;
             let mut ids = txn.open_table(IDS).db()?;
+            let mut digests = BTreeMap::new();
             let received_at_ms = now_ms();
             for op in ops {
                 done.push(match op {
                     Op::Append(batch) => {
-                        let mut tables = Tables { events: &mut events, ids: &mut ids };
+                        let mut tables = Tables { events: &mut events, ids: &mut ids, digests: &mut digests };
                         let at = received_at_ms;
                         Done::Append(self.append(&mut tables, positions, overlay, batch, at, appended)?)
                     }
@@ -622,6 +651,21 @@ impl Writer {
                         Done::None
                     }
                 });
+            }
+            let mut stored = txn.open_table(DIGESTS).db()?;
+            for ((lane, block), added) in digests {
+                let mut digest = match stored.get((lane, block)).db()? {
+                    Some(bytes) => {
+                        BlockDigest::from_bytes(bytes.value()).ok_or_else(|| StoreError::Corrupt {
+                            lane: lane_of(lane).unwrap_or(Lane::Critical),
+                            seq: seqs_of(block).0,
+                            reason: "unreadable block digest".into(),
+                        })?
+                    }
+                    None => BlockDigest::default(),
+                };
+                digest.add(&added);
+                stored.insert((lane, block), digest.to_bytes().as_slice()).db()?;
             }
             let mut lanes = txn.open_table(LANES).db()?;
             for (lane, pos) in positions.iter() {
@@ -693,6 +737,8 @@ impl Writer {
             })?;
             tables.events.insert((lane as u8, seq.get()), bytes.as_slice()).db()?;
             tables.ids.insert(record.event.event_id.as_str(), (lane as u8, seq.get())).db()?;
+            let block = tables.digests.entry((lane as u8, block_of(seq.get()))).or_default();
+            block.add(&BlockDigest::of_record(lane, seq.get(), &bytes));
             pos.head = seq.get();
             *appended += 1;
             outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
@@ -705,6 +751,8 @@ impl Writer {
 struct Tables<'a, 't> {
     events: &'a mut EventsTable<'t>,
     ids: &'a mut IdsTable<'t>,
+    /// What this transaction adds to each `(lane, block)`'s digest.
+    digests: &'a mut BTreeMap<(u8, u64), BlockDigest>,
 }
 
 /// The answer to an event whose `event_id` is stored already: a duplicate if the

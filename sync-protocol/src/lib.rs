@@ -43,7 +43,7 @@ pub use event::{Event, Kind, Record};
 pub use ids::{Epoch, EventId, Lane, Location, NodeId, NodeIdentity, ParseError, PerLane, Region, Seq, Sku};
 pub use receiver::{Accepted, Receiver, ReceiverConfig};
 pub use sender::{Sender, SenderConfig, SenderEvent, Transmit};
-pub use wire::{Batch, DecodeError, InventoryUpdate, Message, Refuse, RefuseReason};
+pub use wire::{Batch, DecodeError, InventoryUpdate, Message, Refuse, RefuseReason, Repaired};
 
 /// A well-formed message that breaks the protocol's rules. The connection is closed with
 /// [`wire::close::PROTOCOL_VIOLATION`].

@@ -18,7 +18,7 @@ use crate::ProtocolViolation;
 use crate::ids::{Epoch, Lane, NodeIdentity, PerLane, Seq};
 use crate::wire::{
     BATCH_EVENTS_MAX, BATCHES_IN_FLIGHT_MAX, Hello, InventoryUpdate, Message, PROTOCOL_VERSION, Refuse,
-    RefuseReason,
+    RefuseReason, Repaired,
 };
 
 /// How the sender behaves; the defaults suit a site on a flaky WAN.
@@ -106,6 +106,8 @@ pub enum SenderEvent {
     /// Merged inventory from the relay: the shell merges it durably and, for the update
     /// marked complete, calls [`Sender::handle_inventory_merged`].
     Inventory(InventoryUpdate),
+    /// The relay answered a repair the shell sent (reconciliation).
+    Repaired(Repaired),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +290,12 @@ impl Sender {
                 self.events.push_back(SenderEvent::Inventory(update));
                 Ok(())
             }
-            Message::Hello(_) | Message::Batch(_) => {
+            Message::Repaired(repaired) => {
+                self.expect_ready("repaired")?;
+                self.events.push_back(SenderEvent::Repaired(repaired));
+                Ok(())
+            }
+            Message::Hello(_) | Message::Batch(_) | Message::Repair(_) => {
                 Err(ProtocolViolation::Unexpected("a node-to-relay message"))
             }
         }

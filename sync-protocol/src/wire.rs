@@ -48,6 +48,13 @@ pub enum Message {
     Resync(Resync),
     /// Relay → node, on the control stream: merged inventory the node may be behind on.
     Inventory(InventoryUpdate),
+    /// Node → relay, on the control stream: records the relay acknowledged before, sent
+    /// again because reconciliation found the relay's copy of their block differs. The
+    /// relay adds those it lacks and answers [`Message::Repaired`]; its watermark and
+    /// inventory do not move (they counted the records when they first arrived).
+    Repair(Batch),
+    /// Relay → node, on the control stream: what a [`Message::Repair`] found and did.
+    Repaired(Repaired),
 }
 
 /// Who the node is and how far each of its lanes goes.
@@ -188,6 +195,25 @@ pub struct InventoryUpdate {
     pub complete: bool,
 }
 
+/// The relay's answer to a [`Message::Repair`] of `count` records from `first_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repaired {
+    /// The lane.
+    pub lane: Lane,
+    /// The first seq of the repair.
+    pub first_seq: Seq,
+    /// Records in the repair.
+    pub count: u32,
+    /// Records the relay lacked and has now added to its log.
+    pub inserted: u32,
+    /// Records the relay held already, byte for byte.
+    pub present: u32,
+    /// Records the relay holds with other contents; kept as they are, for an operator.
+    pub differing: u32,
+    /// Records past the relay's watermark: normal replication's business, not repaired.
+    pub beyond_watermark: u32,
+}
+
 /// QUIC application close codes. Each error class closes with exactly one code.
 pub mod close {
     /// A clean shutdown of either side.
@@ -258,7 +284,7 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes(rest.len()));
     }
-    if let Message::Batch(batch) = &msg {
+    if let Message::Batch(batch) | Message::Repair(batch) = &msg {
         for record in &batch.events {
             record.event.validate()?;
             if record.received_at_ms > RECEIVED_AT_MS_MAX {

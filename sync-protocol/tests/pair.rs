@@ -405,6 +405,9 @@ impl Sim {
             SenderEvent::Inventory(update) => {
                 self.fail(format!("the relay sent no inventory, yet the node got {update:?}"));
             }
+            SenderEvent::Repaired(repaired) => {
+                self.fail(format!("no repair was sent, yet the node got {repaired:?}"));
+            }
             SenderEvent::Acked { lane, through } => {
                 let stored = self.relay_store.get(lane).len() as u64;
                 if through > stored {

@@ -14,6 +14,7 @@ mod epochs;
 mod group_commit;
 mod inventory;
 mod prometheus;
+mod reconcile;
 mod replication;
 mod status;
 mod status_pages;

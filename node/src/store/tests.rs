@@ -170,3 +170,24 @@ async fn merged_inventory_and_its_version_are_durable() {
     let (_, record) = store.get(&"c".parse().unwrap()).unwrap().unwrap();
     assert!(record.deltas.is_empty(), "a count that matches the merged view changes nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_digests_follow_appends_and_outlive_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 42).unwrap();
+    store.append(vec![event("a", Kind::Ship, 1), event("b", Kind::Ship, 2)]).await.unwrap();
+    store.append(vec![event("c", Kind::Ship, 3), event("a", Kind::Ship, 1)]).await.unwrap();
+    let records = store.read_range(Lane::Critical, Seq::FIRST, 10).unwrap();
+    let mut expected = BlockDigest::default();
+    for (seq, record) in (1..).zip(&records) {
+        expected.add(&BlockDigest::of(Lane::Critical, seq, record).unwrap());
+    }
+    assert_eq!(store.digests(Lane::Critical, 0, 10).unwrap(), [(0, expected)], "a duplicate adds nothing");
+    assert!(store.digests(Lane::Bulk, 0, 10).unwrap().is_empty());
+
+    store.record_ack(Lane::Critical, 3).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
+    assert!(store.read_range(Lane::Critical, Seq::FIRST, 10).unwrap().is_empty());
+    assert_eq!(store.digests(Lane::Critical, 0, 10).unwrap(), [(0, expected)], "kept after pruning");
+    store.close();
+}

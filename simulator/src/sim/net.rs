@@ -420,9 +420,12 @@ pub const CONTROL_STREAM: u8 = 0;
 /// The stream index of a message: control for Hello, Welcome and Refuse, else its lane's.
 pub fn stream_of(msg: &Message) -> u8 {
     match msg {
-        Message::Hello(_) | Message::Welcome(_) | Message::Refuse(_) | Message::Inventory(_) => {
-            CONTROL_STREAM
-        }
+        Message::Hello(_)
+        | Message::Welcome(_)
+        | Message::Refuse(_)
+        | Message::Inventory(_)
+        | Message::Repair(_)
+        | Message::Repaired(_) => CONTROL_STREAM,
         Message::Batch(b) => 1 + b.lane.index() as u8,
         Message::Ack(a) => 1 + a.lane.index() as u8,
         Message::Resync(r) => 1 + r.lane.index() as u8,

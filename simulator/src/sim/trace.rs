@@ -94,6 +94,8 @@ impl Wire {
             Message::Ack(a) => Wire::Ack(a.lane, a.through_seq.get()),
             Message::Resync(r) => Wire::Resync(r.lane, r.from_seq.get()),
             Message::Inventory(i) => Wire::Inventory(i.through_version),
+            // The simulation does not reconcile: these never travel in it.
+            Message::Repair(_) | Message::Repaired(_) => Wire::Close,
         }
     }
 }

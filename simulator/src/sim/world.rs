@@ -633,6 +633,9 @@ impl World {
             SenderEvent::Refused(refuse) => {
                 self.find(Invariant::NoProtocolViolation, format!("node-{n} was refused: {refuse}"))
             }
+            // The simulation does not reconcile, so no repair is ever answered.
+            SenderEvent::Repaired(r) => self
+                .find(Invariant::NoProtocolViolation, format!("node-{n} got an unasked repair answer {r:?}")),
             // The simulated relay never loses its store (a crash keeps what was synced),
             // so its watermark can never fall behind an ack.
             SenderEvent::RelayRegressed { lane, acked, watermark } => self.find(

@@ -11,7 +11,7 @@ use crate::event::{
 };
 use crate::event::{DELTAS_MAX, RECEIVED_AT_MS_MAX};
 use crate::ids::{EVENT_ID_BYTES_MAX, ITEM_BYTES_MAX};
-use crate::inventory::{DELTA_ABS_MAX, Delta, StockKey, TRANSFER_TO, deltas_of};
+use crate::inventory::{DELTA_ABS_MAX, Delta, Inventory, StockKey, TRANSFER_TO, deltas_of};
 
 fn event(event_id: &str, kind: Kind, qty: i64) -> Event {
     Event {
@@ -84,7 +84,30 @@ fn one_of_each() -> Vec<Message> {
         batch(Lane::Standard, 5, 3),
         ack(Lane::Bulk, 9),
         resync(Lane::Critical, 4),
+        Message::Inventory(InventoryUpdate { through_version: 3, state: Inventory::new(), complete: true }),
+        repair(Lane::Bulk, 1025, 2),
+        Message::Repaired(Repaired {
+            lane: Lane::Bulk,
+            first_seq: Seq::new(1025).unwrap(),
+            count: 2,
+            inserted: 1,
+            present: 1,
+            differing: 0,
+            beyond_watermark: 0,
+        }),
     ]
+}
+
+fn repair(lane: Lane, first: u64, count: u64) -> Message {
+    let Message::Batch(batch) = batch(lane, first, count) else { unreachable!() };
+    Message::Repair(batch)
+}
+
+#[test]
+fn a_repair_is_checked_like_a_batch() {
+    let Message::Repair(mut bad) = repair(Lane::Critical, 7, 1) else { unreachable!() };
+    bad.events[0].deltas[0].change += 1;
+    check_refused(body(&Message::Repair(bad).encode()), "deltas");
 }
 
 fn body(frame: &[u8]) -> &[u8] {
