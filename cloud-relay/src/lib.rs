@@ -19,6 +19,7 @@
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod metrics;
 pub mod page;
 pub mod pki;
 pub mod server;
@@ -37,6 +38,7 @@ use tokio::sync::watch;
 use node::daemon::{self, ConfigError};
 
 use crate::config::Config;
+use crate::metrics::NodeLevels;
 use crate::server::{Connections, Shared};
 use crate::store::Store;
 
@@ -80,7 +82,7 @@ pub async fn run(
     );
 
     let receiver = ReceiverConfig { relay_id: name, region, limits: Limits::default() };
-    let connections = Connections::default();
+    let connections = Arc::new(Connections::default());
     let mut metrics = prometheus_client::registry::Registry::with_prefix("outpost_relay");
     store.stats().register(&mut metrics);
     metrics.register("connections", "Node connections welcomed and open", connections.gauge.clone());
@@ -89,6 +91,8 @@ pub async fn run(
         "Node connections closed, by reason (refusals, bad frames, losses, shutdown)",
         connections.closed.clone(),
     );
+    metrics
+        .register_collector(Box::new(NodeLevels { store: store.clone(), connections: connections.clone() }));
     let shared = Arc::new(Shared { store: store.clone(), receiver, connections, metrics });
     let (stop_tx, stop_rx) = watch::channel(false);
     let quic = tokio::spawn(server::serve(endpoint, shared.clone(), config.connections_max, stop_rx.clone()));

@@ -96,7 +96,7 @@ pub struct Shared {
     /// The relay's name, region and limits.
     pub receiver: ReceiverConfig,
     /// Live connections.
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     /// Everything `/metrics` shows.
     pub metrics: prometheus_client::registry::Registry,
 }

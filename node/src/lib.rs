@@ -78,6 +78,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let link = Arc::new(Mutex::new(LinkStatus { addresses: config.relays.clone(), ..LinkStatus::default() }));
     let (repairs, repair_queue) = tokio::sync::mpsc::channel(REPAIRS_QUEUED_MAX);
+    let metrics = NodeMetrics::default();
     let replicator = Replicator {
         store: store.clone(),
         identity: creds.identity.clone(),
@@ -85,12 +86,12 @@ pub async fn run(
         relays: config.relays.clone(),
         link: link.clone(),
         repairs: tokio::sync::Mutex::new(repair_queue),
+        round_trips: metrics.replication_seconds.clone(),
     };
     let replication = tokio::spawn(replicator.run(stop_rx.clone()));
     let pruning = tokio::spawn(prune_loop(store.clone(), config.retention, stop_rx.clone()));
 
     let config = Arc::new(config);
-    let metrics = NodeMetrics::default();
     let registry = Arc::new(metrics.registry(store.clone(), link.clone()));
     let app = http::router(http::AppState {
         store: store.clone(),

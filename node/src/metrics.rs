@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sync_protocol::Lane;
 
@@ -48,10 +49,23 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 
 /// The metrics the HTTP handlers move; the store's writer keeps its own
 /// ([`crate::store::WriterStats`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeMetrics {
     /// Posted events by lane and outcome.
     pub events: Family<EventLabels, Counter>,
+    /// Seconds from writing a batch to the relay to its acknowledgement (the relay's
+    /// fsync included), moved by the replicator.
+    pub replication_seconds: Histogram,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            // 1 ms to about 65 s.
+            replication_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        }
+    }
 }
 
 impl NodeMetrics {
@@ -77,6 +91,12 @@ impl NodeMetrics {
             stats.commit_seconds.clone(),
         );
         registry.register("events_per_commit", "Events per store commit", stats.events_per_commit.clone());
+        registry.register_with_unit(
+            "replication_round_trip",
+            "Time from sending a batch to the relay to its acknowledgement",
+            Unit::Seconds,
+            self.replication_seconds.clone(),
+        );
         registry.register_collector(Box::new(Levels { store, link }));
         registry
     }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
@@ -111,6 +112,8 @@ pub struct Replicator {
     pub relays: Vec<String>,
     /// Status for the HTTP API.
     pub link: SharedLink,
+    /// Batch round trips, for `/metrics`.
+    pub round_trips: Histogram,
     /// Repairs asked for by reconciliation (`POST /v1/reconcile/repair`), sent on the
     /// connection of the moment.
     pub repairs: tokio::sync::Mutex<mpsc::Receiver<RepairRequest>>,
@@ -248,11 +251,13 @@ impl Replicator {
         // Replies to the repairs sent on this connection, in the order they were sent.
         let mut awaiting: VecDeque<oneshot::Sender<Repaired>> = VecDeque::new();
         let mut repair = None;
+        // Per lane, the last seq of each batch in flight and when it was written.
+        let mut sent: PerLane<VecDeque<(u64, Instant)>> = PerLane::default();
         loop {
             // Events first: an ack (even one that moves back, from a relay that lost its
             // store) is recorded before a flush that may fail on events no longer held.
-            self.handle_events(sender, &mut awaiting).await?;
-            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx).await?;
+            self.handle_events(sender, &mut awaiting, &mut sent).await?;
+            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx, &mut sent).await?;
             tokio::select! {
                 msg = inbox.recv() => match msg {
                     Some(Ok(msg)) => sender.handle_message(msg, Instant::now())?,
@@ -288,6 +293,7 @@ impl Replicator {
         control: &mut quinn::SendStream,
         lanes: &mut PerLane<Option<quinn::SendStream>>,
         inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
+        sent: &mut PerLane<VecDeque<(u64, Instant)>>,
     ) -> Result<(), ReplicateError> {
         let write_err = |e: quinn::WriteError| ReplicateError::Lost(e.to_string());
         while let Some(transmit) = sender.poll_transmit() {
@@ -311,6 +317,8 @@ impl Replicator {
                     };
                     let frame = Message::Batch(Batch { lane, first_seq, events }).encode();
                     stream.write_all(&frame).await.map_err(write_err)?;
+                    let last = first_seq.get() + u64::from(count).saturating_sub(1);
+                    sent.get_mut(lane).push_back((last, Instant::now()));
                 }
             }
         }
@@ -322,6 +330,7 @@ impl Replicator {
         &self,
         sender: &mut Sender,
         awaiting: &mut VecDeque<oneshot::Sender<Repaired>>,
+        sent: &mut PerLane<VecDeque<(u64, Instant)>>,
     ) -> Result<(), ReplicateError> {
         while let Some(event) = sender.poll_event() {
             match event {
@@ -335,7 +344,16 @@ impl Replicator {
                         l.connects += 1;
                     });
                 }
-                SenderEvent::Acked { lane, through } => self.store.record_ack(lane, through).await?,
+                SenderEvent::Acked { lane, through } => {
+                    let in_flight = sent.get_mut(lane);
+                    while let Some(&(last, at)) = in_flight.front()
+                        && last <= through
+                    {
+                        self.round_trips.observe(at.elapsed().as_secs_f64());
+                        in_flight.pop_front();
+                    }
+                    self.store.record_ack(lane, through).await?;
+                }
                 SenderEvent::Refused(refuse) => return Err(ReplicateError::Refused(refuse)),
                 SenderEvent::Repaired(repaired) => {
                     tracing::info!(lane = repaired.lane.as_str(), first_seq = %repaired.first_seq,

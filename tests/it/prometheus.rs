@@ -139,6 +139,13 @@ async fn prometheus_sees_the_backlog_rise_during_a_wan_cut_and_fall_after() {
     let created = prometheus.query(r#"outpost_node_events_total{lane="critical",outcome="created"}"#).await;
     assert_eq!(created, Some(EVENTS as f64));
     prometheus.wait_until("outpost_relay_events_total", minute, |v| v >= EVENTS as f64).await;
+    let held = r#"outpost_relay_node_events_held{node_id="store-0007",lane="critical"}"#;
+    prometheus.wait_until(held, minute, |v| v == EVENTS as f64).await;
+    prometheus
+        .wait_until(r#"outpost_relay_node_connected{node_id="store-0007"}"#, minute, |v| v == 1.0)
+        .await;
     let commits = prometheus.query("outpost_node_commit_seconds_count").await.unwrap_or(0.0);
     assert!(commits >= 1.0, "commit latency histogram scraped: {commits}");
+    let round_trips = "outpost_node_replication_round_trip_seconds_count";
+    prometheus.wait_until(round_trips, minute, |v| v >= 1.0).await;
 }
