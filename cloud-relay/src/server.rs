@@ -383,11 +383,10 @@ impl Session {
             }
             Inbound::Frame { index: 0, msg: Message::Repair(batch) } => {
                 let limit = self.shared.receiver.limits.batch_events_max as usize;
-                if batch.events.is_empty() || batch.events.len() > limit {
-                    return Err(ProtocolViolation::Unexpected(
-                        "a repair of no records or over the batch limit",
-                    )
-                    .into());
+                // Its seqs must exist too: the store counts on `first_seq + len - 1` fitting.
+                if batch.events.is_empty() || batch.events.len() > limit || batch.last_seq().is_none() {
+                    let what = "a repair of no records, over the batch limit or past the last seq";
+                    return Err(ProtocolViolation::Unexpected(what).into());
                 }
                 let records = Append {
                     node: self.identity.clone(),

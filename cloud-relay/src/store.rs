@@ -559,12 +559,16 @@ impl Writer {
 
     /// Applies one repair in its own transaction ([`Store::repair`]). What the relay
     /// holds of the records' blocks is found between the blocks' first and last log
-    /// offsets.
+    /// offsets: a scan of the log over the time the block took to fill (longer for a
+    /// block repaired before), in the writer, so repairs are for an operator's hand, not
+    /// for a loop.
     fn repair(&self, r: &Append, next: &mut u64) -> Result<Repaired, StoreError> {
         let node = r.node.node_id.as_str();
         let lane = r.lane as u8;
         let first = r.first_seq.get();
-        let last = first + (r.records.len() as u64).saturating_sub(1);
+        let last = first.checked_add((r.records.len() as u64).saturating_sub(1)).ok_or_else(|| {
+            StoreError::CommitFailed(format!("a repair from seq {first} runs past the last seq"))
+        })?;
         let mut outcome = Repaired {
             lane: r.lane,
             first_seq: r.first_seq,
@@ -575,7 +579,6 @@ impl Writer {
             beyond_watermark: 0,
         };
         let mut txn = self.db.begin_write().map_err(db)?;
-        txn.set_durability(Durability::Immediate).map_err(db)?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
             let marks = txn.open_table(WATERMARKS).map_err(db)?;
@@ -607,7 +610,7 @@ impl Writer {
                     }
                 }
             }
-            for (seq, record) in (first..).zip(&r.records) {
+            for (seq, record) in (first..=last).zip(&r.records) {
                 if seq > watermark {
                     outcome.beyond_watermark += 1;
                     continue;
@@ -646,6 +649,9 @@ impl Writer {
                 }
             }
         }
+        // A repair that added nothing wrote nothing, and is not worth an fsync.
+        let durability = if outcome.inserted > 0 { Durability::Immediate } else { Durability::None };
+        txn.set_durability(durability).map_err(db)?;
         txn.commit().map_err(db)?;
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(

@@ -293,8 +293,7 @@ async fn digests(
 ) -> Result<Response, IngestError> {
     let Query(q) = query.map_err(|e| IngestError::invalid("query", e.body_text()))?;
     let lane = q.lane().map_err(|e| IngestError::invalid("lane", e.reason))?;
-    let pos = *state.store.positions().borrow().get(lane);
-    let rows = state
+    let (pos, rows) = state
         .store
         .digests(lane, q.from_block, q.limit())
         .map_err(|e| IngestError::Unavailable(e.to_string()))?;

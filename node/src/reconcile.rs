@@ -140,25 +140,41 @@ async fn fetch(client: &reqwest::Client, url: &str) -> anyhow::Result<LaneView> 
     }
 }
 
-/// Compares one lane of the node at `http` with the relay at `relay_http`.
-async fn compare_lane(
-    client: &reqwest::Client,
-    http: &str,
-    relay_http: &str,
-    lane: &str,
-) -> anyhow::Result<LaneReport> {
-    use anyhow::Context;
-    let node = fetch(client, &format!("http://{http}/v1/digests?lane={lane}")).await?;
-    let field = |name: &str| {
-        node.answer[name].as_str().map(str::to_owned).with_context(|| format!("no {name} from the node"))
-    };
-    let (node_id, epoch) = (field("node_id")?, field("epoch")?);
-    let relay =
-        fetch(client, &format!("http://{relay_http}/v1/digests?node_id={node_id}&epoch={epoch}&lane={lane}"))
-            .await?;
-    let acked = node.answer["acked_seq"].as_u64().context("no acked_seq from the node")?;
-    let head = node.answer["head_seq"].as_u64().context("no head_seq from the node")?;
-    Ok(compare(lane, &node.blocks, &relay.blocks, acked, head))
+/// The node and the relay being compared.
+struct Peers<'a> {
+    client: reqwest::Client,
+    http: &'a str,
+    relay_http: &'a str,
+}
+
+impl Peers<'_> {
+    /// Compares one lane.
+    async fn compare_lane(&self, lane: &str) -> anyhow::Result<LaneReport> {
+        use anyhow::Context;
+        let node = fetch(&self.client, &format!("http://{}/v1/digests?lane={lane}", self.http)).await?;
+        let field = |name: &str| {
+            node.answer[name].as_str().map(str::to_owned).with_context(|| format!("no {name} from the node"))
+        };
+        let (node_id, epoch) = (field("node_id")?, field("epoch")?);
+        let url =
+            format!("http://{}/v1/digests?node_id={node_id}&epoch={epoch}&lane={lane}", self.relay_http);
+        let relay = fetch(&self.client, &url).await?;
+        let acked = node.answer["acked_seq"].as_u64().context("no acked_seq from the node")?;
+        let head = node.answer["head_seq"].as_u64().context("no head_seq from the node")?;
+        Ok(compare(lane, &node.blocks, &relay.blocks, acked, head))
+    }
+
+    /// Compares one lane, and once more after a moment if a block differs: node and
+    /// relay are read one after the other, so a record that reached the relay in between
+    /// makes the last block differ for a moment. A difference seen twice is reported.
+    async fn confirmed(&self, lane: &str) -> anyhow::Result<LaneReport> {
+        let first = self.compare_lane(lane).await?;
+        if first.first_difference.is_none() {
+            return Ok(first);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        self.compare_lane(lane).await
+    }
 }
 
 /// Runs `outpost-node reconcile`: compares each of `lanes` and, with `repair`, has the
@@ -173,10 +189,11 @@ pub async fn run(
 ) -> anyhow::Result<bool> {
     use anyhow::Context;
     use std::fmt::Write as _;
-    let client = reqwest::Client::new();
+    let peers = Peers { client: reqwest::Client::new(), http, relay_http };
+    let client = &peers.client;
     let mut all_match = true;
     for lane in lanes {
-        let mut report = compare_lane(&client, http, relay_http, lane).await?;
+        let mut report = peers.confirmed(lane).await?;
         let _ = writeln!(out, "{report}");
         while repair && let Some(diff) = report.first_difference.clone() {
             let url = format!("http://{http}/v1/reconcile/repair");
@@ -206,7 +223,7 @@ pub async fn run(
                 answer["present"],
                 answer["differing"]
             );
-            report = compare_lane(&client, http, relay_http, lane).await?;
+            report = peers.confirmed(lane).await?;
             let _ = writeln!(out, "{report}");
             if answer["inserted"].as_u64() == Some(0) {
                 // Resending added nothing, so resending again would not either.

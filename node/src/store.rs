@@ -338,14 +338,17 @@ impl Store {
     }
 
     /// The digests of `lane`'s blocks from `from_block` on, at most `limit` of them, in
-    /// block order. Blocks whose events were pruned keep their digests.
+    /// block order, with the lane's position as of the same snapshot (so the digests hold
+    /// exactly the events through its head). Blocks whose events were pruned keep their
+    /// digests.
     pub fn digests(
         &self,
         lane: Lane,
         from_block: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, BlockDigest)>, StoreError> {
+    ) -> Result<(LanePosition, Vec<(u64, BlockDigest)>), StoreError> {
         let txn = self.db.begin_read().db()?;
+        let (head, acked) = txn.open_table(LANES).db()?.get(lane as u8).db()?.map_or((0, 0), |v| v.value());
         let table = txn.open_table(DIGESTS).db()?;
         let mut out = Vec::new();
         for entry in table.range((lane as u8, from_block)..=(lane as u8, u64::MAX)).db()?.take(limit) {
@@ -358,7 +361,7 @@ impl Store {
             })?;
             out.push((block, digest));
         }
-        Ok(out)
+        Ok((LanePosition { head, acked }, out))
     }
 
     /// When the oldest unacknowledged event of `lane` was received, if there is one.

@@ -168,3 +168,31 @@ async fn each_delta_is_applied_once_behind_the_watermark() {
     append(&store, "n1", 7, Lane::Critical, 1, 9).await.unwrap();
     assert_eq!(stock(&store), -11, "only seq 9 is new after the reopen");
 }
+
+#[tokio::test]
+async fn a_repair_adds_nothing_held_nothing_ahead_and_survives_a_hostile_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Bulk, 1, 4).await.unwrap();
+    let repair = |first: u64, recs: Vec<Record>| Append {
+        node: node("n1"),
+        epoch: Epoch(7),
+        lane: Lane::Bulk,
+        first_seq: Seq::new(first).unwrap(),
+        records: recs,
+    };
+    // Seqs 3-6: 3 and 4 are held byte for byte, 5 and 6 are past the watermark.
+    let done = store.repair(repair(3, records(3, 4))).await.unwrap();
+    assert_eq!((done.count, done.present, done.inserted, done.beyond_watermark), (4, 2, 0, 2));
+    // Other contents under a held seq are counted, not written.
+    let done = store.repair(repair(2, records(20, 1))).await.unwrap();
+    assert_eq!((done.differing, done.inserted), (1, 0));
+    // A range past the last seq is refused, and the writer carries on.
+    let hostile = store.repair(repair(u64::MAX, records(1, 2))).await;
+    assert!(matches!(hostile, Err(StoreError::CommitFailed(_))), "{hostile:?}");
+    append(&store, "n1", 7, Lane::Bulk, 5, 1).await.unwrap();
+    assert_eq!(*store.next_offset().borrow(), 5, "nothing was added twice");
+    let digests = store.digests(&"n1".parse().unwrap(), Epoch(7), Lane::Bulk, 0, 10).unwrap();
+    assert_eq!(digests.iter().map(|(b, d)| (*b, d.digest.count)).collect::<Vec<_>>(), [(0, 5)]);
+    store.close().await;
+}

@@ -182,12 +182,15 @@ async fn block_digests_follow_appends_and_outlive_pruning() {
     for (seq, record) in (1..).zip(&records) {
         expected.add(&BlockDigest::of(Lane::Critical, seq, record).unwrap());
     }
-    assert_eq!(store.digests(Lane::Critical, 0, 10).unwrap(), [(0, expected)], "a duplicate adds nothing");
-    assert!(store.digests(Lane::Bulk, 0, 10).unwrap().is_empty());
+    let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
+    assert_eq!((pos.head, pos.acked), (3, 0));
+    assert_eq!(digests, [(0, expected)], "a duplicate adds nothing");
+    assert!(store.digests(Lane::Bulk, 0, 10).unwrap().1.is_empty());
 
     store.record_ack(Lane::Critical, 3).await.unwrap();
     assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
     assert!(store.read_range(Lane::Critical, Seq::FIRST, 10).unwrap().is_empty());
-    assert_eq!(store.digests(Lane::Critical, 0, 10).unwrap(), [(0, expected)], "kept after pruning");
+    let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
+    assert_eq!((pos.head, pos.acked, digests), (3, 3, vec![(0, expected)]), "kept after pruning");
     store.close();
 }
