@@ -233,6 +233,7 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
                 "head_seq": pos.head,
                 "acked_seq": pos.acked,
                 "backlog_events": pos.head - pos.acked,
+                "backlog_bytes": pos.backlog_bytes,
                 "oldest_unacked_age_ms": oldest,
             }),
         );

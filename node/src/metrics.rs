@@ -123,6 +123,13 @@ impl Collector for Levels {
             let pos = positions.get(lane);
             pos.head.saturating_sub(pos.acked) as i64
         })?;
+        per_lane(
+            &mut encoder,
+            "backlog",
+            "Bytes of the events not yet acknowledged by the relay",
+            Some(&Unit::Bytes),
+            |lane| positions.get(lane).backlog_bytes as i64,
+        )?;
         per_lane(&mut encoder, "head_seq", "Last sequence number assigned", None, |lane| {
             positions.get(lane).head as i64
         })?;

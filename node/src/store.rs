@@ -6,7 +6,7 @@
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `epoch`, `created_at_ms`) |
 //! | `events` | `(u8 lane, u64 seq)` | postcard [`Record`] | append; prune removes |
 //! | `ids` | `&str` event_id | `(u8 lane, u64 seq)` | append; prune removes |
-//! | `lanes` | `u8` lane | `(u64 head, u64 acked)` | append (head), ack (acked) |
+//! | `lanes` | `u8` lane | `(u64 head, u64 acked, u64 backlog bytes)` | append (head, bytes), ack (acked, bytes) |
 //! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
 //! | `digests` | `(u8 lane, u64 block)` | [`BlockDigest`] bytes | append; never pruned |
 //!
@@ -47,7 +47,7 @@ use crate::digest::{BlockDigest, block_of, seqs_of};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
 const IDS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("ids");
-const LANES: TableDefinition<u8, (u64, u64)> = TableDefinition::new("lanes");
+const LANES: TableDefinition<u8, (u64, u64, u64)> = TableDefinition::new("lanes");
 const STOCK: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stock");
 const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests");
 
@@ -161,6 +161,8 @@ pub struct LanePosition {
     pub head: u64,
     /// Highest seq the relay acknowledged.
     pub acked: u64,
+    /// Bytes of the stored events after `acked` (their encoded records).
+    pub backlog_bytes: u64,
 }
 
 /// Counters of the writer, for status and metrics.
@@ -348,7 +350,8 @@ impl Store {
         limit: usize,
     ) -> Result<(LanePosition, Vec<(u64, BlockDigest)>), StoreError> {
         let txn = self.db.begin_read().db()?;
-        let (head, acked) = txn.open_table(LANES).db()?.get(lane as u8).db()?.map_or((0, 0), |v| v.value());
+        let (head, acked, backlog_bytes) =
+            txn.open_table(LANES).db()?.get(lane as u8).db()?.map_or((0, 0, 0), |v| v.value());
         let table = txn.open_table(DIGESTS).db()?;
         let mut out = Vec::new();
         for entry in table.range((lane as u8, from_block)..=(lane as u8, u64::MAX)).db()?.take(limit) {
@@ -361,7 +364,7 @@ impl Store {
             })?;
             out.push((block, digest));
         }
-        Ok((LanePosition { head, acked }, out))
+        Ok((LanePosition { head, acked, backlog_bytes }, out))
     }
 
     /// When the oldest unacknowledged event of `lane` was received, if there is one.
@@ -431,8 +434,8 @@ fn load_positions(db: &Database) -> Result<PerLane<LanePosition>, StoreError> {
     let mut out = PerLane::<LanePosition>::default();
     for lane in Lane::ALL {
         if let Some(v) = lanes.get(lane as u8).db()? {
-            let (head, acked) = v.value();
-            *out.get_mut(lane) = LanePosition { head, acked };
+            let (head, acked, backlog_bytes) = v.value();
+            *out.get_mut(lane) = LanePosition { head, acked, backlog_bytes };
         }
     }
     Ok(out)
@@ -637,7 +640,22 @@ impl Writer {
                     }
                     Op::RecordAck { lane, through } => {
                         let pos = positions.get_mut(lane);
-                        pos.acked = through.min(pos.head);
+                        let acked = through.min(pos.head);
+                        // The bytes of the events that change sides. Moving back (a relay
+                        // that lost acknowledged events) counts those still stored.
+                        let (low, high) = (acked.min(pos.acked), acked.max(pos.acked));
+                        let mut moved = 0u64;
+                        if high > low {
+                            for row in events.range((lane as u8, low + 1)..=(lane as u8, high)).db()? {
+                                moved += row.db()?.1.value().len() as u64;
+                            }
+                        }
+                        pos.backlog_bytes = if acked >= pos.acked {
+                            pos.backlog_bytes.saturating_sub(moved)
+                        } else {
+                            pos.backlog_bytes.saturating_add(moved)
+                        };
+                        pos.acked = acked;
                         Done::None
                     }
                     Op::Prune { received_before_ms } => {
@@ -672,7 +690,7 @@ impl Writer {
             }
             let mut lanes = txn.open_table(LANES).db()?;
             for (lane, pos) in positions.iter() {
-                lanes.insert(lane as u8, (pos.head, pos.acked)).db()?;
+                lanes.insert(lane as u8, (pos.head, pos.acked, pos.backlog_bytes)).db()?;
             }
             let mut stock = txn.open_table(STOCK).db()?;
             for (key, _) in overlay.changed.iter() {
@@ -743,6 +761,7 @@ impl Writer {
             let block = tables.digests.entry((lane as u8, block_of(seq.get()))).or_default();
             block.add(&BlockDigest::of_record(lane, seq.get(), &bytes));
             pos.head = seq.get();
+            pos.backlog_bytes += bytes.len() as u64;
             *appended += 1;
             outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
         }

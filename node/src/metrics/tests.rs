@@ -42,6 +42,12 @@ async fn events_backlog_commits_and_link_are_exported() {
     assert_eq!(get(r#"outpost_node_backlog_events{lane="critical"}"#), 2.0);
     assert_eq!(get(r#"outpost_node_backlog_events{lane="bulk"}"#), 1.0);
     assert_eq!(get(r#"outpost_node_backlog_events{lane="standard"}"#), 0.0);
+    assert!(
+        get(r#"outpost_node_backlog_bytes{lane="critical"}"#)
+            > get(r#"outpost_node_backlog_bytes{lane="bulk"}"#)
+    );
+    assert!(get(r#"outpost_node_backlog_bytes{lane="bulk"}"#) > 0.0);
+    assert_eq!(get(r#"outpost_node_backlog_bytes{lane="standard"}"#), 0.0);
     assert!(get(r#"outpost_node_oldest_unacked_age_seconds{lane="critical"}"#) >= 0.0);
     assert_eq!(get(r#"outpost_node_oldest_unacked_age_seconds{lane="standard"}"#), 0.0);
     assert_eq!(get("outpost_node_events_committed_total"), 3.0);

@@ -184,10 +184,19 @@ async fn block_digests_follow_appends_and_outlive_pruning() {
     }
     let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
     assert_eq!((pos.head, pos.acked), (3, 0));
+    let encoded: u64 = records.iter().map(|r| postcard::to_allocvec(r).unwrap().len() as u64).sum();
+    assert_eq!(pos.backlog_bytes, encoded, "the backlog's bytes are its records'");
     assert_eq!(digests, [(0, expected)], "a duplicate adds nothing");
     assert!(store.digests(Lane::Bulk, 0, 10).unwrap().1.is_empty());
 
+    store.record_ack(Lane::Critical, 2).await.unwrap();
+    // Acks are queued without an answer; a prune of nothing answers once they are in.
+    assert_eq!(store.prune(0).await.unwrap(), 0);
+    let last = postcard::to_allocvec(&records[2]).unwrap().len() as u64;
+    assert_eq!(store.positions().borrow().get(Lane::Critical).backlog_bytes, last);
     store.record_ack(Lane::Critical, 3).await.unwrap();
+    assert_eq!(store.prune(0).await.unwrap(), 0);
+    assert_eq!(store.positions().borrow().get(Lane::Critical).backlog_bytes, 0);
     assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
     assert!(store.read_range(Lane::Critical, Seq::FIRST, 10).unwrap().is_empty());
     let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
