@@ -122,6 +122,17 @@ pub struct LogEntry {
     pub record: Record,
 }
 
+impl LogEntry {
+    /// The entry's encoding, the same bytes as its derived `Serialize` (postcard writes a
+    /// struct as its fields in order), with where the record's own encoding starts in
+    /// it: block digests hash the record's bytes, so the writer encodes it once.
+    pub fn encode(&self) -> Result<(Vec<u8>, usize), postcard::Error> {
+        let head = postcard::to_allocvec(&(&self.node_id, self.epoch, self.lane, self.seq))?;
+        let record_at = head.len();
+        Ok((postcard::to_extend(&self.record, head)?, record_at))
+    }
+}
+
 /// What the relay knows of a node between connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSeen {
@@ -633,8 +644,8 @@ impl Writer {
                             seq,
                             record: record.clone(),
                         };
-                        let bytes = postcard::to_allocvec(&entry)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        let (bytes, _) =
+                            entry.encode().map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                         log.insert(*next, bytes.as_slice()).map_err(db)?;
                         *next += 1;
                         outcome.inserted += 1;
@@ -703,6 +714,8 @@ impl Writer {
                 }
                 let mut seq = first_seq.get();
                 let actor = Actor { node_id: node.node_id.clone(), epoch };
+                // This append's share of the block digests, merged into the group's below.
+                let mut blocks: BTreeMap<u64, StoredDigest> = BTreeMap::new();
                 for record in records {
                     if seq > watermark {
                         for delta in &record.deltas {
@@ -716,13 +729,14 @@ impl Writer {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
-                        let one = BlockDigest::of(lane, seq, &record)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                        let block = (node.node_id.as_str().to_owned(), epoch.0, lane as u8, block_of(seq));
-                        digests.entry(block).or_insert_with(|| StoredDigest::empty(*next)).add(&one, *next);
                         let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
-                        let bytes = postcard::to_allocvec(&entry)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        let (bytes, record_at) =
+                            entry.encode().map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        let one = BlockDigest::of_record(lane, seq, &bytes[record_at..]);
+                        blocks
+                            .entry(block_of(seq))
+                            .or_insert_with(|| StoredDigest::empty(*next))
+                            .add(&one, *next);
                         log.insert(*next, bytes.as_slice()).map_err(db)?;
                         *next += 1;
                     } else {
@@ -732,6 +746,13 @@ impl Writer {
                 }
                 if seq - 1 > watermark {
                     marks.insert(key, seq - 1).map_err(db)?;
+                }
+                for (block, added) in blocks {
+                    let stream = (node.node_id.as_str().to_owned(), epoch.0, lane as u8, block);
+                    digests
+                        .entry(stream)
+                        .or_insert_with(|| StoredDigest::empty(added.first_offset))
+                        .merge(&added);
                 }
                 results.push(Ok(()));
             }

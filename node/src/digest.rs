@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 
-use ring::digest::{SHA256, digest};
+use ring::digest::{Context, SHA256};
 use sync_protocol::{Lane, Record};
 
 /// Sequence numbers per block.
@@ -43,13 +43,14 @@ pub struct BlockDigest {
 impl BlockDigest {
     /// The digest of one record: `encoded` is the postcard encoding of its [`Record`].
     pub fn of_record(lane: Lane, seq: u64, encoded: &[u8]) -> BlockDigest {
-        let mut input = Vec::with_capacity(encoded.len() + 32);
-        input.extend_from_slice(b"outpost/record/1\0");
-        input.push(lane as u8);
-        input.extend_from_slice(&seq.to_le_bytes());
-        input.extend_from_slice(encoded);
+        // Hashed in parts: this runs once per stored record, on the commit path.
+        let mut hash = Context::new(&SHA256);
+        hash.update(b"outpost/record/1\0");
+        hash.update(&[lane as u8]);
+        hash.update(&seq.to_le_bytes());
+        hash.update(encoded);
         let mut sum = [0u8; 32];
-        sum.copy_from_slice(digest(&SHA256, &input).as_ref());
+        sum.copy_from_slice(hash.finish().as_ref());
         BlockDigest { count: 1, sum }
     }
 

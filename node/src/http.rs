@@ -269,12 +269,14 @@ fn inventory_value(state: &AppState, sku: &str) -> Result<Value, IngestError> {
         inv.iter()
             .filter(|(key, _)| key.sku == sku)
             .map(|(key, stock)| {
-                let actors: Vec<Value> = stock
-                    .contributions()
+                // One sorted pass over the actors serves both fields.
+                let contributions: Vec<_> = stock.contributions().collect();
+                let actors: Vec<Value> = contributions
+                    .iter()
                     .map(|(a, v)| json!({"node_id": a.node_id.as_str(), "epoch": a.epoch.to_string(), "value": v}))
                     .collect();
-                let local: i64 = stock
-                    .contributions()
+                let local: i64 = contributions
+                    .iter()
                     .filter(|(a, _)| a.node_id == *node_id)
                     .map(|(_, v)| v.unwrap_or(0))
                     .fold(0i64, i64::saturating_add);

@@ -357,12 +357,7 @@ impl Store {
         for entry in table.range((lane as u8, from_block)..=(lane as u8, u64::MAX)).db()?.take(limit) {
             let (key, value) = entry.db()?;
             let (_, block) = key.value();
-            let digest = BlockDigest::from_bytes(value.value()).ok_or_else(|| StoreError::Corrupt {
-                lane,
-                seq: seqs_of(block).0,
-                reason: "unreadable block digest".into(),
-            })?;
-            out.push((block, digest));
+            out.push((block, read_digest(lane, block, value.value())?));
         }
         Ok((LanePosition { head, acked, backlog_bytes }, out))
     }
@@ -676,13 +671,7 @@ impl Writer {
             let mut stored = txn.open_table(DIGESTS).db()?;
             for ((lane, block), added) in digests {
                 let mut digest = match stored.get((lane, block)).db()? {
-                    Some(bytes) => {
-                        BlockDigest::from_bytes(bytes.value()).ok_or_else(|| StoreError::Corrupt {
-                            lane: lane_of(lane).unwrap_or(Lane::Critical),
-                            seq: seqs_of(block).0,
-                            reason: "unreadable block digest".into(),
-                        })?
-                    }
+                    Some(bytes) => read_digest(lane_of(lane)?, block, bytes.value())?,
                     None => BlockDigest::default(),
                 };
                 digest.add(&added);
@@ -767,6 +756,15 @@ impl Writer {
         }
         Ok(outcomes)
     }
+}
+
+/// A stored block digest, or why it cannot be read.
+fn read_digest(lane: Lane, block: u64, bytes: &[u8]) -> Result<BlockDigest, StoreError> {
+    BlockDigest::from_bytes(bytes).ok_or_else(|| StoreError::Corrupt {
+        lane,
+        seq: seqs_of(block).0,
+        reason: "unreadable block digest".into(),
+    })
 }
 
 /// The tables an append writes.

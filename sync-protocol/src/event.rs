@@ -227,4 +227,4 @@ pub const DELTAS_MAX: usize = 2;
 pub const RECEIVED_AT_MS_MAX: u64 = 253_402_300_799_999;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

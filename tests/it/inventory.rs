@@ -12,7 +12,7 @@ use simulator::cluster::Cluster;
 use simulator::ledger::Ledger;
 use simulator::process::Node;
 
-use crate::{join_all, scanner_configs, spawn_scanners};
+use crate::{join_all, run_tool, scanner_configs, spawn_scanners};
 
 /// `(sku, location)` → `(node_id/epoch)` → value.
 type Contributions = BTreeMap<(String, String), BTreeMap<String, i64>>;
@@ -248,15 +248,9 @@ async fn a_wiped_node_gets_its_old_contributions_back_and_moves_on_as_a_new_acto
 fn inventory_diff(cluster: &Cluster, snapshot: &str, extra: &[&str]) -> (i32, String) {
     let path = cluster.dir().join("snapshot.csv");
     std::fs::write(&path, snapshot).unwrap();
-    let out = std::process::Command::new(&cluster.bins.relay)
-        .args(["inventory", "diff", "--snapshot"])
-        .arg(&path)
-        .args(["--http", &cluster.relay.http_addr().to_string()])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)))
+    let (path, http) = (path.display().to_string(), cluster.relay.http_addr().to_string());
+    let args = [&["inventory", "diff", "--snapshot", &path, "--http", &http], extra].concat();
+    run_tool(&cluster.bins.relay, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,3 +63,40 @@ async fn join_all(handles: Vec<JoinHandle<()>>) {
         h.await.expect("scanner task panicked");
     }
 }
+
+/// An executable on `PATH` that the test runs for real, or a panic that says which
+/// Debian package to install (`.ci/run` installs them).
+fn installed(name: &str, package: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("this test runs a real {name}; install it first (apt-get install -y {package})")
+        })
+}
+
+/// Runs a command line tool with `args`; returns its exit code and its standard output
+/// followed by its standard error.
+fn run_tool(bin: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Polls `attempt` every 250 ms until it gives a value, for at most `timeout`.
+async fn wait_for<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

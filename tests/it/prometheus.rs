@@ -3,13 +3,15 @@
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`; `.ci/run` installs it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use simulator::cluster::Cluster;
 use simulator::process::free_tcp_addr;
+
+use crate::{installed, wait_for};
 
 /// A Prometheus server, stopped and reaped on drop.
 struct Prometheus {
@@ -28,7 +30,7 @@ impl Prometheus {
     /// Starts Prometheus scraping `targets` (`(job, address)`) every second, and waits
     /// until it is ready.
     async fn start(dir: &Path, targets: &[(&str, std::net::SocketAddr)]) -> Prometheus {
-        let bin = binary();
+        let bin = installed("prometheus", "prometheus");
         let mut config =
             String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
         for (job, addr) in targets {
@@ -71,33 +73,6 @@ impl Prometheus {
             self.query(expr).await.filter(|v| ok(*v))
         })
         .await
-    }
-}
-
-/// The `prometheus` executable: on `PATH`, or Debian's.
-fn binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("prometheus"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| {
-        panic!("this test runs a real Prometheus server; install it first (apt-get install -y prometheus)")
-    })
-}
-
-async fn wait_for<T, F: Future<Output = Option<T>>>(
-    what: &str,
-    timeout: Duration,
-    mut attempt: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -10,17 +10,15 @@ use serde_json::{Value, json};
 use simulator::cluster::Cluster;
 use sync_protocol::{Epoch, Lane, NodeId};
 
+use crate::run_tool;
+
 /// Runs `outpost-node reconcile` against the cluster; returns exit code and output.
 fn reconcile(cluster: &mut Cluster, extra: &[&str]) -> (i32, String) {
     let relay_http = cluster.relay.http_addr().to_string();
     let http = cluster.node().http_addr().to_string();
-    let out = std::process::Command::new(&cluster.bins.node)
-        .args(["reconcile", "--http", &http, "--relay-http", &relay_http, "--lane", "bulk"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let args =
+        [&["reconcile", "--http", &http, "--relay-http", &relay_http, "--lane", "bulk"], extra].concat();
+    run_tool(&cluster.bins.node, &args)
 }
 
 async fn status(cluster: &mut Cluster) -> Value {

@@ -6,14 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 use simulator::cluster::Cluster;
 
+use crate::run_tool;
+
 /// Runs `outpost-node status`; returns the exit code and standard output.
 fn status(cluster: &Cluster, http: std::net::SocketAddr, max_age: &str) -> (i32, String) {
-    let out = std::process::Command::new(&cluster.bins.node)
-        .args(["status", "--http", &http.to_string(), "--max-unacked-age", max_age])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    run_tool(&cluster.bins.node, &["status", "--http", &http.to_string(), "--max-unacked-age", max_age])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,29 +7,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use simulator::chaos::proxy::Proxy;
 use simulator::chaos::rules::{Directions, Rule};
 use simulator::cluster::Cluster;
 
-/// The `chromium` executable on `PATH`.
-fn chromium_binary() -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("chromium"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("this test drives a real browser; install it first (apt-get install -y chromium)")
-        })
-}
+use crate::{installed, wait_for};
 
 /// Runs headless Chromium on `url` with `extra` flags; returns its standard output.
 fn chromium(url: &str, extra: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium_binary())
+    let out = Command::new(installed("chromium", "chromium"))
         .args([
             "--headless",
             "--no-sandbox",
@@ -69,17 +59,11 @@ fn screenshot(url: &str, name: &str) -> PathBuf {
 
 /// Polls `url` (JSON) until `ok` holds.
 async fn wait_json(url: &str, what: &str, ok: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(resp) = reqwest::get(url).await
-            && let Ok(body) = resp.json::<Value>().await
-            && ok(&body)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what} at {url}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let read = || async {
+        let body: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+        ok(&body).then_some(())
+    };
+    wait_for(&format!("{what} at {url}"), Duration::from_secs(60), read).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,3 +196,13 @@ async fn a_repair_adds_nothing_held_nothing_ahead_and_survives_a_hostile_range()
     assert_eq!(digests.iter().map(|(b, d)| (*b, d.digest.count)).collect::<Vec<_>>(), [(0, 5)]);
     store.close().await;
 }
+
+#[test]
+fn a_log_entry_encodes_as_derived_with_its_record_as_the_tail() {
+    let record = records(3, 1).remove(0);
+    let entry =
+        LogEntry { node_id: "n1".parse().unwrap(), epoch: Epoch(7), lane: Lane::Bulk, seq: 3, record };
+    let (bytes, record_at) = entry.encode().unwrap();
+    assert_eq!(bytes, postcard::to_allocvec(&entry).unwrap());
+    assert_eq!(&bytes[record_at..], postcard::to_allocvec(&entry.record).unwrap().as_slice());
+}

@@ -330,4 +330,4 @@ impl Relay {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,19 +13,12 @@ use crate::event::{DELTAS_MAX, RECEIVED_AT_MS_MAX};
 use crate::ids::{EVENT_ID_BYTES_MAX, ITEM_BYTES_MAX};
 use crate::inventory::{DELTA_ABS_MAX, Delta, Inventory, StockKey, TRANSFER_TO, deltas_of};
 
+/// The event tests' sample, with an order and an attribute so that every field travels.
 fn event(event_id: &str, kind: Kind, qty: i64) -> Event {
-    Event {
-        event_id: event_id.parse().unwrap(),
-        kind,
-        sku: "SKU-000042".parse().unwrap(),
-        location: "DOCK-3".parse().unwrap(),
-        qty,
-        occurred_at: Some("2026-11-21T10:15:00Z".into()),
-        device_id: Some("hs-17".into()),
-        shipment_id: None,
-        order_id: Some("order 17".into()),
-        attrs: BTreeMap::from([("carrier".into(), "dhl".into())]),
-    }
+    let mut event = crate::event::tests::sample(event_id, kind, qty);
+    event.order_id = Some("order 17".into());
+    event.attrs = BTreeMap::from([("carrier".into(), "dhl".into())]);
+    event
 }
 
 fn record(seq: u64) -> Record {

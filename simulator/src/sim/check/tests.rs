@@ -1,20 +1,10 @@
 //! Tests of the checker on hand-made log entries.
 
-use sync_protocol::{Epoch, Event, Kind, Lane, Record};
+use sync_protocol::{Epoch, Lane};
 
 use super::*;
+use crate::sim::relay::tests::record;
 use crate::sim::relay::{Append, RelayStore};
-
-fn record(n: u64) -> Record {
-    let event = Event::new(
-        format!("e-{n}").parse().unwrap(),
-        Kind::Scan,
-        "SKU-1".parse().unwrap(),
-        "BIN-1".parse().unwrap(),
-        1,
-    );
-    Record { received_at_ms: n, deltas: Vec::new(), event }
-}
 
 fn entry(seq: u64) -> LogEntry {
     LogEntry { node: 0, epoch: Epoch(1), lane: Lane::Bulk, seq, record: record(seq) }

@@ -5,7 +5,8 @@ use sync_protocol::{Epoch, Event, Kind, Lane, Record, Seq};
 
 use super::*;
 
-fn record(n: u64) -> Record {
+/// A scan record numbered `n`: no deltas, received at `n` ms.
+pub(crate) fn record(n: u64) -> Record {
     let event = Event::new(
         format!("e-{n}").parse().unwrap(),
         Kind::Scan,
