@@ -131,6 +131,11 @@ pub struct RepairRequest {
 /// Where the HTTP API queues repairs for the replicator.
 pub type RepairQueue = mpsc::Sender<RepairRequest>;
 
+/// How long a dial may take before it is abandoned for the next. Without it a dial to a
+/// relay that is down waits out the whole idle timeout, and the link would come back up
+/// to that long after the relay did.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 enum Ended {
     Shutdown,
 }
@@ -225,7 +230,10 @@ impl Replicator {
         let connecting = endpoint
             .connect_with(self.client_config.clone(), remote, &host)
             .map_err(|e| connect_err(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| connect_err(e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| connect_err(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| connect_err(e.to_string()))?;
         Ok((endpoint, conn))
     }
 

@@ -62,6 +62,10 @@ pub const GROUP_EVENTS_MAX: usize = 16_384;
 /// Commands queued between request handlers and the writer. Handlers wait when it is
 /// full, which bounds the memory a burst can take.
 pub const QUEUE_COMMANDS_MAX: usize = 4_096;
+/// redb's page cache. Its default (1 GiB) would let the resident set grow with the
+/// backlog until it held the whole file; the hot pages are the tops of the trees and the
+/// tails of the lanes, which fit many times over in this. `backlog-memory` measures it.
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most events removed by one prune pass, so pruning never holds the writer for long.
 pub const PRUNE_EVENTS_MAX: usize = 10_000;
 
@@ -211,7 +215,7 @@ impl Store {
     /// exist, and starts the writer thread.
     pub fn open(dir: &Path, node_id: NodeId, new_epoch: impl FnOnce() -> u64) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
-        let db = Database::create(&path).db()?;
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).db()?;
         let epoch = init_meta(&db, &path, new_epoch)?;
         let positions = load_positions(&db)?;
         let (inventory, version) = load_inventory(&db)?;

@@ -73,6 +73,17 @@ pub struct Cluster {
 impl Cluster {
     /// Creates the PKI and starts the relay and one node per id (all in [`REGION`]).
     pub async fn start(node_ids: &[&str]) -> Result<Cluster, ClusterError> {
+        let mut cluster = Cluster::prepare()?;
+        cluster.relay.start().await?;
+        for id in node_ids {
+            cluster.add_node(id, Vec::new())?.start().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Creates the PKI and prepares the relay without starting it, and no nodes: for
+    /// nodes that begin offline (the benches buffer before the WAN comes up).
+    pub fn prepare() -> Result<Cluster, ClusterError> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new().prefix("outpost-").tempdir().map_err(ClusterError::TempDir)?;
         let pki_dir = dir.path().join("pki");
@@ -88,15 +99,7 @@ impl Cluster {
                 cert: pki.relay.clone(),
             },
         )?;
-        let mut cluster = Cluster { nodes: Vec::new(), relay, pki, bins, dir };
-        cluster.relay.start().await?;
-        for id in node_ids {
-            cluster.add_node(id, Vec::new())?;
-            if let Some(node) = cluster.nodes.last_mut() {
-                node.start().await?;
-            }
-        }
-        Ok(cluster)
+        Ok(Cluster { nodes: Vec::new(), relay, pki, bins, dir })
     }
 
     /// Issues a certificate for `node_id` and prepares (does not start) a node replicating

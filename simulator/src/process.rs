@@ -276,7 +276,8 @@ impl Daemon {
         log_tail(&self.log, lines)
     }
 
-    fn spawn(&mut self) -> Result<(), ProcessError> {
+    /// Spawns the child without waiting for it to be ready (a SIGKILL first if one runs).
+    pub fn spawn(&mut self) -> Result<(), ProcessError> {
         self.kill()?;
         self.starts += 1;
         let log_err = |source| ProcessError::Log { path: self.log.clone(), source };

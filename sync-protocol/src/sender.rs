@@ -39,7 +39,11 @@ pub struct SenderConfig {
 }
 
 impl SenderConfig {
-    /// The defaults for `identity` and `epoch`: 200 ms doubling to 30 s.
+    /// The defaults for `identity` and `epoch`: 200 ms doubling to 1 s. The cap is short
+    /// because a site wants its backlog moving within a second of the WAN returning
+    /// (PERFORMANCE.md, `drain`), and a dial to a relay that is down costs one UDP
+    /// datagram; full jitter still spreads a thousand returning nodes over that second,
+    /// and the relay's connection limit does the rest.
     pub fn new(identity: NodeIdentity, epoch: Epoch) -> Self {
         SenderConfig {
             identity,
@@ -47,7 +51,7 @@ impl SenderConfig {
             batch_events_max: BATCH_EVENTS_MAX,
             batches_in_flight_max: BATCHES_IN_FLIGHT_MAX,
             backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(1),
         }
     }
 }

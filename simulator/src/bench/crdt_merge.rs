@@ -18,7 +18,7 @@ use anyhow::Context;
 use sync_protocol::Epoch;
 use sync_protocol::inventory::{Actor, Delta, Inventory, StockKey};
 
-use super::{Options, Row};
+use super::{Goal, Options, Row};
 
 /// The target of PERFORMANCE.md for the full size, in milliseconds.
 const TARGET_MS: f64 = 30.0;
@@ -73,19 +73,12 @@ pub fn run(options: &Options) -> anyhow::Result<Row> {
     let (figure, best) = median_and_best(&mut crdt_times);
     let (limit, _) = median_and_best(&mut plain_times);
     let target = (!options.quick).then_some(TARGET_MS);
-    Ok(Row {
-        bench: "crdt-merge",
-        case: format!("{keys} keys x {ACTORS} actors, median of {iterations}"),
-        figure,
-        best,
-        limit,
-        ratio: if limit > 0.0 { figure / limit } else { f64::INFINITY },
-        target,
-        unit: "ms",
-        correct,
-        pass: target.is_none_or(|t| figure < t),
-        debug_build: cfg!(debug_assertions),
-    })
+    let verdict = if correct { Ok(()) } else { Err("the merge disagrees with the plain join".to_owned()) };
+    Ok(Row::new("crdt-merge", Goal::AtMost, "ms")
+        .case(format!("{keys} keys x {ACTORS} actors, median of {iterations}"))
+        .figures(figure, best, limit)
+        .judged(target, true)
+        .correct(verdict))
 }
 
 /// A replica holding `range` of the actors on every key, with its plain model. Each

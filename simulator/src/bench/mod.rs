@@ -11,7 +11,14 @@
 //! To add a bench (ingest-batch, drain, …): write a module with a `run(&Options) ->
 //! anyhow::Result<Row>` function, and list it in [`ALL`].
 
+pub mod backlog;
 pub mod crdt_merge;
+pub mod drain;
+pub mod ingest;
+pub mod limits;
+pub mod load;
+pub mod progress;
+pub mod site;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,19 +57,53 @@ pub struct Bench {
 }
 
 /// Every bench, in the order `all` runs them.
-pub const ALL: &[Bench] =
-    &[Bench { name: "crdt-merge", about: "Inventory::merge of 10k SKUs x 50 actors", run: crdt_merge::run }];
+pub const ALL: &[Bench] = &[
+    Bench {
+        name: "ingest-batch",
+        about: "64 clients posting 100 events each, durable acks",
+        run: ingest::run_batch,
+    },
+    Bench {
+        name: "ingest-single",
+        about: "256 clients posting one event each, durable acks",
+        run: ingest::run_single,
+    },
+    Bench {
+        name: "drain",
+        about: "a backlog buffered offline, durable at the relay once the WAN returns",
+        run: drain::run_drain,
+    },
+    Bench { name: "mixed", about: "shipments end to end while a bulk backlog drains", run: drain::run_mixed },
+    Bench { name: "backlog-memory", about: "node RSS as an offline backlog grows", run: backlog::run_memory },
+    Bench { name: "disk", about: "store bytes per buffered event", run: backlog::run_disk },
+    Bench {
+        name: "restart",
+        about: "start to first 201 with a large store, clean and after kill -9",
+        run: backlog::run_restart,
+    },
+    Bench { name: "crdt-merge", about: "Inventory::merge of 10k SKUs x 50 actors", run: crdt_merge::run },
+];
+
+/// Which way a figure is good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    /// A rate: the target is a floor.
+    AtLeast,
+    /// A time or a size: the target is a ceiling.
+    AtMost,
+}
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// The bench.
     pub bench: &'static str,
-    /// What was measured, in words (size, iterations).
+    /// What was measured, in words (size, iterations, secondary figures, the limit).
     pub case: String,
-    /// The figure (median), in `unit`.
+    /// The figure (median, or the one run), in `unit`.
     pub figure: f64,
-    /// The best run, in `unit`.
+    /// The best run, in `unit` (the figure itself for single-run benches).
     pub best: f64,
     /// The same-run baseline, in `unit`.
     pub limit: f64,
@@ -70,14 +111,74 @@ pub struct Row {
     pub ratio: f64,
     /// The target from PERFORMANCE.md, in `unit`, if this run is judged against it.
     pub target: Option<f64>,
+    /// Whether the target is a floor or a ceiling.
+    pub goal: Goal,
     /// The unit of the figures.
     pub unit: &'static str,
     /// Whether the result was right (checked while measuring).
     pub correct: bool,
-    /// Whether the figure met the target (always true when it is not judged).
+    /// Why it was wrong.
+    pub wrong: Option<String>,
+    /// Whether the figure (and any secondary target of the case) met the target; always
+    /// true when the run is not judged.
     pub pass: bool,
     /// Whether the binary was built with debug assertions (figures not representative).
     pub debug_build: bool,
+}
+
+impl Row {
+    /// A row of `bench` in `unit`, to be filled by the builder methods below.
+    pub fn new(bench: &'static str, goal: Goal, unit: &'static str) -> Row {
+        Row {
+            bench,
+            case: String::new(),
+            figure: 0.0,
+            best: 0.0,
+            limit: 0.0,
+            ratio: 0.0,
+            target: None,
+            goal,
+            unit,
+            correct: true,
+            wrong: None,
+            pass: true,
+            debug_build: cfg!(debug_assertions),
+        }
+    }
+
+    /// What was measured.
+    pub fn case(mut self, case: String) -> Row {
+        self.case = case;
+        self
+    }
+
+    /// The figure, the best run and the same-run limit; the ratio follows.
+    pub fn figures(mut self, figure: f64, best: f64, limit: f64) -> Row {
+        self.figure = figure;
+        self.best = best;
+        self.limit = limit;
+        self.ratio = if limit > 0.0 { figure / limit } else { f64::INFINITY };
+        self
+    }
+
+    /// Judges the figure against `target` (none for a quick run), and `also`: secondary
+    /// targets the case describes, such as a latency bound. Call after [`Row::figures`].
+    pub fn judged(mut self, target: Option<f64>, also: bool) -> Row {
+        self.target = target;
+        self.pass = match (target, self.goal) {
+            (None, _) => true,
+            (Some(t), Goal::AtLeast) => self.figure >= t && also,
+            (Some(t), Goal::AtMost) => self.figure <= t && also,
+        };
+        self
+    }
+
+    /// The verdict of the bench's correctness check.
+    pub fn correct(mut self, verdict: Result<(), String>) -> Row {
+        self.correct = verdict.is_ok();
+        self.wrong = verdict.err();
+        self
+    }
 }
 
 /// Runs `args.name` (or every bench), prints the table to `out` and returns whether
@@ -112,11 +213,17 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<bool> {
 fn print_table(rows: &[Row], out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<12} {:>10} {:>10} {:>10} {:>7} {:>10}  {:<6} case",
-        "bench", "figure", "best", "limit", "ratio", "target", "result"
+        "{:<15} {:>14} {:>14} {:>8} {:>16}  {:<6} case",
+        "bench", "figure", "limit", "ratio", "target", "result"
     )?;
     for row in rows {
-        let target = row.target.map_or_else(|| "-".to_owned(), |t| format!("< {t:.0} {}", row.unit));
+        let target = row.target.map_or_else(
+            || "-".to_owned(),
+            |t| {
+                let sign = if row.goal == Goal::AtLeast { ">=" } else { "<=" };
+                format!("{sign} {} {}", number(t), row.unit)
+            },
+        );
         let result = match (row.correct, row.pass, row.target.is_some()) {
             (false, _, _) => "WRONG",
             (true, false, _) => "fail",
@@ -125,21 +232,35 @@ fn print_table(rows: &[Row], out: &mut dyn Write) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "{:<12} {:>7.2} {:<2} {:>7.2} {:<2} {:>7.2} {:<2} {:>6.2}x {:>10}  {:<6} {}",
+            "{:<15} {:>14} {:>14} {:>7.2}x {:>16}  {:<6} {}",
             row.bench,
-            row.figure,
-            row.unit,
-            row.best,
-            row.unit,
-            row.limit,
-            row.unit,
+            format!("{} {}", number(row.figure), row.unit),
+            format!("{} {}", number(row.limit), row.unit),
             row.ratio,
             target,
             result,
             row.case
         )?;
+        if let Some(why) = &row.wrong {
+            writeln!(out, "{:<15} wrong: {why}", "")?;
+        }
     }
     Ok(())
+}
+
+/// A figure with three significant digits and an SI suffix: `1.23M`, `45.6k`, `0.81`.
+fn number(x: f64) -> String {
+    let (value, suffix) = match x.abs() {
+        a if a >= 1e6 => (x / 1e6, "M"),
+        a if a >= 1e4 => (x / 1e3, "k"),
+        _ => (x, ""),
+    };
+    let decimals = match value.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        _ => 2,
+    };
+    format!("{value:.decimals$}{suffix}")
 }
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! `drain` and `mixed`: a backlog buffered with the WAN down, then the WAN returns (the
+//! relay starts).
+//!
+//! - `drain`: how fast the backlog becomes durable at the relay, from the moment the
+//!   relay answers `/readyz` to the moment its watermarks cover the node's heads, and how
+//!   long until the first event is durable there. Limit: raw redb appending the same
+//!   records in durable commits of 1,000 (what the relay's store can take here).
+//! - `mixed`: a bulk backlog drains while a scanner posts a shipment (critical lane)
+//!   every 10 ms; the figure is the p99 of each shipment's end-to-end latency, from its
+//!   post to the relay's critical watermark covering it. Limit: the same latency with
+//!   nothing else to send, measured after the drain.
+//!
+//! Arrival is seen by polling the relay's `/v1/nodes` every few milliseconds, which
+//! bounds the resolution of the latencies (the poll period is in the case column).
+
+use std::time::{Duration, Instant};
+
+use sync_protocol::{Lane, PerLane};
+
+use super::limits;
+use super::load::{self, Conn, Judge, Mix, Plan, Workload};
+use super::progress::Progress;
+use super::site::{self, relay_watermarks, total, verify};
+use super::{Goal, Options, Row};
+use crate::cluster::Cluster;
+
+/// PERFORMANCE.md: events per second durably at the relay.
+const DRAIN_TARGET: f64 = 500_000.0;
+/// PERFORMANCE.md: the first event at the relay after the link is back, in ms.
+const FIRST_EVENT_MS: f64 = 1_000.0;
+/// PERFORMANCE.md: critical p99 end to end during a drain, in ms.
+const MIXED_TARGET_MS: f64 = 50.0;
+/// How often arrival at the relay is polled.
+const POLL: Duration = Duration::from_millis(5);
+/// A shipment is posted this often during `mixed`.
+const CRITICAL_EVERY: Duration = Duration::from_millis(10);
+
+/// Buffers `events` of `mix` with the WAN down (64 clients, 100 per post).
+async fn buffer(cluster: &Cluster, mix: Mix, events: u64, label: &str) -> anyhow::Result<u64> {
+    let workload = Workload { prefix: format!("{label}-"), mix, per_post: 100 };
+    let plan = Plan { clients: 64, events, duration: None, first_event: 0 };
+    let report = load::run(cluster.nodes[0].http_addr(), &workload, plan, Judge::Created, label).await?;
+    Ok(report.events)
+}
+
+/// `drain`.
+pub fn run_drain(options: &Options) -> anyhow::Result<Row> {
+    site::runtime()?.block_on(drain(options))
+}
+
+async fn drain(options: &Options) -> anyhow::Result<Row> {
+    let events = if options.quick { 20_000 } else { 1_000_000 };
+    let mut cluster = site::offline(Vec::new()).await?;
+    let buffered = buffer(&cluster, Mix::Site, events, "buffer").await?;
+    let dir = cluster.dir().to_path_buf();
+    let redb = tokio::task::spawn_blocking(move || limits::redb_group_commit(&dir, events, 1_000)).await??;
+
+    cluster.relay.start().await?;
+    let back = Instant::now();
+    let progress = Progress::start("drain", buffered, "events");
+    let mut first = None;
+    let done = loop {
+        let at_relay = total(&relay_watermarks(&cluster).await?);
+        progress.set(at_relay);
+        if at_relay > 0 && first.is_none() {
+            first = Some(back.elapsed());
+        }
+        if at_relay >= buffered {
+            break back.elapsed();
+        }
+        if back.elapsed() > Duration::from_secs(60) + Duration::from_secs(buffered / 10_000) {
+            anyhow::bail!("the relay holds {at_relay} of {buffered} events after {:?}", back.elapsed());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    progress.finish();
+    let first_ms = first.unwrap_or(done).as_secs_f64() * 1000.0;
+    let correct = verify(&cluster, Mix::Site.lane_counts(buffered), Duration::from_secs(60)).await?;
+    let figure = buffered as f64 / done.as_secs_f64();
+    let target = (!options.quick).then_some(DRAIN_TARGET);
+    Ok(Row::new("drain", Goal::AtLeast, "ev/s")
+        .case(format!(
+            "{buffered} events buffered offline, durable at the relay in {:.2} s; first event {first_ms:.0} ms \
+             after the relay was ready (target < {FIRST_EVENT_MS:.0} ms); limit: raw redb, durable commits \
+             of 1,000",
+            done.as_secs_f64()
+        ))
+        .figures(figure, figure, redb.events_per_sec)
+        .judged(target, first_ms < FIRST_EVENT_MS)
+        .correct(correct))
+}
+
+/// `mixed`.
+pub fn run_mixed(options: &Options) -> anyhow::Result<Row> {
+    site::runtime()?.block_on(mixed(options))
+}
+
+async fn mixed(options: &Options) -> anyhow::Result<Row> {
+    let events = if options.quick { 20_000 } else { 1_000_000 };
+    let mut cluster = site::offline(Vec::new()).await?;
+    let buffered = buffer(&cluster, Mix::Bulk, events, "bulk").await?;
+    let shipments = Workload { prefix: "ship-".into(), mix: Mix::Critical, per_post: 1 };
+    let mut conn = Conn::connect(cluster.nodes[0].http_addr()).await?;
+
+    cluster.relay.start().await?;
+    let progress = Progress::start("mixed", buffered, "bulk events");
+    let mut during = Latencies::new(1);
+    let mut next_post = Instant::now();
+    loop {
+        let marks = relay_watermarks(&cluster).await?;
+        progress.set(*marks.get(Lane::Bulk));
+        during.arrived(*marks.get(Lane::Critical));
+        if *marks.get(Lane::Bulk) >= buffered {
+            break;
+        }
+        if Instant::now() >= next_post {
+            during.post(&mut conn, &shipments).await?;
+            next_post += CRITICAL_EVERY;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    progress.finish();
+    // Shipments posted during the drain that had not arrived when it ended.
+    let posted_during = during.posted.len();
+    wait_arrivals(&cluster, &mut during).await?;
+
+    // The limit: the same shipments with nothing else to send.
+    let mut idle = Latencies::new(during.posted.len() as u64 + 1);
+    for _ in 0..if options.quick { 10 } else { 100 } {
+        idle.post(&mut conn, &shipments).await?;
+        wait_arrivals(&cluster, &mut idle).await?;
+    }
+    let posted = during.posted.len() as u64 + idle.posted.len() as u64;
+    let expected = PerLane::from_fn(|lane| match lane {
+        Lane::Critical => posted,
+        Lane::Standard => 0,
+        Lane::Bulk => buffered,
+    });
+    let correct = verify(&cluster, expected, Duration::from_secs(60)).await?;
+    let (p50, p99, max) = (during.quantile_ms(0.5), during.quantile_ms(0.99), during.quantile_ms(1.0));
+    let target = (!options.quick).then_some(MIXED_TARGET_MS);
+    Ok(Row::new("mixed", Goal::AtMost, "ms")
+        .case(format!(
+            "{posted_during} shipments during the drain of {buffered} scans: p50 {p50:.1} ms, max {max:.1} ms; \
+             limit: p99 with nothing else to send; arrival polled every {} ms",
+            POLL.as_millis()
+        ))
+        .figures(p99, p99, idle.quantile_ms(0.99))
+        .judged(target, true)
+        .correct(correct))
+}
+
+/// Shipments posted one at a time, and when each arrived at the relay. The critical lane
+/// holds only these, so the n-th shipment (from `first_seq`) has seq `first_seq + n`.
+struct Latencies {
+    posted: Vec<Instant>,
+    arrived: Vec<Duration>,
+    first_seq: u64,
+}
+
+impl Latencies {
+    fn new(first_seq: u64) -> Latencies {
+        Latencies { posted: Vec::new(), arrived: Vec::new(), first_seq }
+    }
+
+    async fn post(&mut self, conn: &mut Conn, shipments: &Workload) -> anyhow::Result<()> {
+        let n = self.first_seq - 1 + self.posted.len() as u64;
+        let mut body = String::new();
+        shipments.body(n, &mut body);
+        let at = Instant::now();
+        let (status, answer) = conn.post(body.as_bytes()).await?;
+        anyhow::ensure!(status == 201, "shipment {n} answered {status}: {}", String::from_utf8_lossy(answer));
+        self.posted.push(at);
+        Ok(())
+    }
+
+    /// The relay's critical watermark is `mark`: every shipment at or below it arrived.
+    fn arrived(&mut self, mark: u64) {
+        let now = Instant::now();
+        while self.pending() && self.first_seq + self.arrived.len() as u64 <= mark {
+            let posted = self.posted[self.arrived.len()];
+            self.arrived.push(now - posted);
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.arrived.len() < self.posted.len()
+    }
+
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let mut us: Vec<u32> =
+            self.arrived.iter().map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)).collect();
+        us.sort_unstable();
+        load::quantile_us(&us, q) / 1000.0
+    }
+}
+
+async fn wait_arrivals(cluster: &Cluster, latencies: &mut Latencies) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.pending() {
+        anyhow::ensure!(Instant::now() < deadline, "shipments did not reach the relay within 30 s");
+        latencies.arrived(*relay_watermarks(cluster).await?.get(Lane::Critical));
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}

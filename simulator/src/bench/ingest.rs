@@ -1,0 +1,126 @@
+//! `ingest-batch` and `ingest-single`: events per second a node makes durable for
+//! scanners posting over HTTP, each 2xx after the fsync of its group commit.
+//!
+//! The node runs with the WAN down, so the figure is the ingest path alone (parse,
+//! idempotency lookup, group commit, answer), not ingest sharing two cores with
+//! replication. After the measurement the relay starts and the run ends with the
+//! exactly-once check ([`super::site::verify`]).
+//!
+//! Same-run limits: for `ingest-batch`, raw redb appending the same number of records in
+//! durable commits of 1,000 (the store this node is built on, without HTTP or JSON); for
+//! `ingest-single`, the same load generator against a server that answers without
+//! reading (the ceiling of one-event HTTP requests on this machine, generator included).
+
+use std::time::Duration;
+
+use super::limits;
+use super::load::{self, Judge, LoadReport, Mix, NoopServer, Plan, Workload};
+use super::site::{self, verify};
+use super::{Goal, Options, Row};
+
+/// PERFORMANCE.md: events per second with batches of 100.
+const BATCH_TARGET: f64 = 500_000.0;
+/// PERFORMANCE.md: ack p99 with batches, in ms.
+const BATCH_P99_MS: f64 = 20.0;
+/// PERFORMANCE.md: events per second, one per post.
+const SINGLE_TARGET: f64 = 50_000.0;
+/// PERFORMANCE.md: ack p99 of single posts, in ms.
+const SINGLE_P99_MS: f64 = 10.0;
+
+/// How one of the two benches runs.
+struct Shape {
+    bench: &'static str,
+    clients: usize,
+    per_post: usize,
+    target: f64,
+    p99_ms: f64,
+}
+
+/// `ingest-batch`: 64 clients, 100 events per post.
+pub fn run_batch(options: &Options) -> anyhow::Result<Row> {
+    let shape = Shape {
+        bench: "ingest-batch",
+        clients: 64,
+        per_post: 100,
+        target: BATCH_TARGET,
+        p99_ms: BATCH_P99_MS,
+    };
+    site::runtime()?.block_on(run(options, &shape))
+}
+
+/// `ingest-single`: 256 clients, one event per post.
+pub fn run_single(options: &Options) -> anyhow::Result<Row> {
+    let shape = Shape {
+        bench: "ingest-single",
+        clients: 256,
+        per_post: 1,
+        target: SINGLE_TARGET,
+        p99_ms: SINGLE_P99_MS,
+    };
+    site::runtime()?.block_on(run(options, &shape))
+}
+
+async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
+    let (events, duration) =
+        if options.quick { (20_000, None) } else { (100_000_000, Some(Duration::from_secs(10))) };
+    let mut cluster = site::offline(Vec::new()).await?;
+    let workload = Workload { prefix: format!("{}-", shape.bench), mix: Mix::Site, per_post: shape.per_post };
+    let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
+    let addr = cluster.nodes[0].http_addr();
+    let report = load::run(addr, &workload, plan, Judge::Created, shape.bench).await?;
+
+    let (limit, limit_case) = limit(options, shape, &cluster).await?;
+    cluster.relay.start().await?;
+    let expected = Mix::Site.lane_counts(report.events);
+    let timeout = Duration::from_secs(60) + Duration::from_secs(report.events / 20_000);
+    let correct = verify(&cluster, expected, timeout).await?;
+
+    let figure = report.events_per_sec();
+    let p99 = report.latency_ms(0.99);
+    let target = (!options.quick).then_some(shape.target);
+    Ok(Row::new(shape.bench, Goal::AtLeast, "ev/s")
+        .case(format!(
+            "{} clients x {} per post, {} events in {:.1} s; ack p50 {:.2} ms, p99 {:.2} ms (target < {} ms); \
+             limit: {limit_case}",
+            shape.clients,
+            shape.per_post,
+            report.events,
+            report.elapsed.as_secs_f64(),
+            report.latency_ms(0.5),
+            p99,
+            shape.p99_ms,
+        ))
+        .figures(figure, figure, limit)
+        .judged(target, target.is_none() || p99 < shape.p99_ms)
+        .correct(correct))
+}
+
+/// The same-run limit of `shape` (module doc), and a line on how it was measured.
+async fn limit(
+    options: &Options,
+    shape: &Shape,
+    cluster: &crate::cluster::Cluster,
+) -> anyhow::Result<(f64, String)> {
+    if shape.per_post == 1 {
+        let noop = NoopServer::start().await?;
+        let events = if options.quick { 20_000 } else { 100_000_000 };
+        let duration = (!options.quick).then_some(Duration::from_secs(5));
+        let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
+        let workload = Workload { prefix: "noop-".into(), mix: Mix::Site, per_post: 1 };
+        let report: LoadReport =
+            load::run(noop.addr(), &workload, plan, Judge::AnySuccess, "no-op server").await?;
+        return Ok((report.posts_per_sec(), "posts/s of a no-op HTTP server, same generator".into()));
+    }
+    let dir = cluster.dir().to_path_buf();
+    let events = if options.quick { 20_000 } else { 1_000_000 };
+    let (redb, fsyncs) = tokio::task::spawn_blocking(move || {
+        let redb = limits::redb_group_commit(&dir, events, 1_000)?;
+        let fsyncs = limits::fsync_rate(&dir, if events > 100_000 { 2_000 } else { 200 })?;
+        anyhow::Ok((redb, fsyncs))
+    })
+    .await??;
+    Ok((
+        redb.events_per_sec,
+        format!("raw redb, durable commits of 1,000 records ({:.0} fsync/s of 4 KiB)", fsyncs),
+    ))
+}

@@ -1,0 +1,503 @@
+//! The load generator: many keep-alive HTTP/1.1 connections posting JSON bodies as
+//! scanners do, each request timed, each answer judged.
+//!
+//! It speaks just enough HTTP/1.1 for a server that answers with a `Content-Length`
+//! (the node's axum does): one buffer per connection, bodies formatted straight into it,
+//! no per-request allocation. So the generator stays well above what it measures; its
+//! own ceiling is shown by running it against [`NoopServer`], which answers every request
+//! without reading JSON.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sync_protocol::{Kind, PerLane};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::progress::Progress;
+
+/// What went wrong while posting.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Connecting, writing or reading failed.
+    #[error("post to {addr}: {source}")]
+    Io {
+        /// The server.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer is not HTTP/1.1 as the generator reads it.
+    #[error("answer from {addr} is not understood: {reason}")]
+    BadAnswer {
+        /// The server.
+        addr: SocketAddr,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The node did not store every event of a post.
+    #[error("post of events {first}..{end} answered {status}: {body}")]
+    Refused {
+        /// The first event of the post.
+        first: u64,
+        /// One past its last event.
+        end: u64,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer.
+        body: String,
+    },
+}
+
+/// The events a run posts: event `n` is a pure function of `n`, so a run can be checked
+/// against what it posted without remembering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// A site's day: 3 in 4 scans (bulk), 1 in 5 picks or receipts (standard), 1 in 20
+    /// shipments (critical).
+    Site,
+    /// Only scans: the bulk lane.
+    Bulk,
+    /// Only shipments: the critical lane.
+    Critical,
+}
+
+impl Mix {
+    /// The kind of event `n`.
+    pub fn kind(self, n: u64) -> Kind {
+        match self {
+            Mix::Bulk => Kind::Scan,
+            Mix::Critical => Kind::Ship,
+            Mix::Site => match n % 20 {
+                0 => Kind::Ship,
+                1 | 2 => Kind::Pick,
+                3 | 4 => Kind::Receive,
+                _ => Kind::Scan,
+            },
+        }
+    }
+
+    /// How many of events `0..count` go to each lane.
+    pub fn lane_counts(self, count: u64) -> PerLane<u64> {
+        let mut counts = PerLane::<u64>::default();
+        // The mix repeats every 20 events: count one period and the rest.
+        let (periods, rest) = (count / 20, count % 20);
+        for n in 0..20 {
+            *counts.get_mut(self.kind(n).default_lane()) += periods + u64::from(n < rest);
+        }
+        counts
+    }
+}
+
+/// A run's events: event ids `{prefix}{n:010}`, kinds by [`Mix`].
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Unique per run, so two runs against one store never collide.
+    pub prefix: String,
+    /// The kinds.
+    pub mix: Mix,
+    /// Events per post: 1 posts single objects, more posts arrays.
+    pub per_post: usize,
+}
+
+impl Workload {
+    /// Appends the JSON of event `n` to `out`.
+    pub fn event(&self, n: u64, out: &mut String) {
+        let kind = self.mix.kind(n);
+        // Quantities and places vary so that the inventory work is real.
+        let sku = n.wrapping_mul(7919) % 10_000;
+        let location = n % 16;
+        let qty = 1 + n % 3;
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            r#"{{"event_id":"{}{n:010}","kind":"{}","sku":"SKU-{sku:05}","location":"A-{location:02}","qty":{qty},"device_id":"hs-{}"}}"#,
+            self.prefix,
+            kind.as_str(),
+            n % 64,
+        );
+    }
+
+    /// The body of the post whose first event is `first`: `per_post` events from it.
+    pub fn body(&self, first: u64, out: &mut String) {
+        out.clear();
+        if self.per_post == 1 {
+            self.event(first, out);
+            return;
+        }
+        out.push('[');
+        for n in first..first + self.per_post as u64 {
+            if n > first {
+                out.push(',');
+            }
+            self.event(n, out);
+        }
+        out.push(']');
+    }
+}
+
+/// How a run is sized.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Concurrent connections, each with one request in flight.
+    pub clients: usize,
+    /// Stop after this many events...
+    pub events: u64,
+    /// ...or after this long, whichever comes first.
+    pub duration: Option<Duration>,
+    /// The first event number (so a second run continues where the first stopped).
+    pub first_event: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Events the node answered as created (every event of the run, or the run failed).
+    pub events: u64,
+    /// Requests made.
+    pub posts: u64,
+    /// From the first request to the last answer.
+    pub elapsed: Duration,
+    /// Each request's round trip, sorted, in microseconds.
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadReport {
+    /// Events per second over the run.
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Requests per second over the run.
+    pub fn posts_per_sec(&self) -> f64 {
+        self.posts as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `q` quantile (0 to 1) of the round trips, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        quantile_us(&self.latencies_us, q) / 1000.0
+    }
+}
+
+/// The `q` quantile of sorted microseconds.
+pub fn quantile_us(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)])
+}
+
+/// How answers are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judge {
+    /// A node: every event must be created (201, or 200 with every result `created`).
+    Created,
+    /// Any 2xx (the no-op server).
+    AnySuccess,
+}
+
+/// Posts `workload` to `addr` as `plan` says, showing progress under `label`.
+pub async fn run(
+    addr: SocketAddr,
+    workload: &Workload,
+    plan: Plan,
+    judge: Judge,
+    label: &str,
+) -> Result<LoadReport, LoadError> {
+    let per_post = workload.per_post as u64;
+    let posts_total = plan.events.div_ceil(per_post);
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Progress::start(label, plan.events, "events");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(plan.clients);
+    for _ in 0..plan.clients {
+        let mut conn = Conn::connect(addr).await?;
+        let (next, stop, workload, counter) =
+            (next.clone(), stop.clone(), workload.clone(), progress.counter());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut body = String::new();
+            loop {
+                let post = next.fetch_add(1, Ordering::Relaxed);
+                if post >= posts_total || stop.load(Ordering::Relaxed) {
+                    return Ok::<_, LoadError>(latencies);
+                }
+                let first = plan.first_event + post * per_post;
+                workload.body(first, &mut body);
+                let sent = Instant::now();
+                let (status, answer) = conn.post(body.as_bytes()).await?;
+                latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                judge_answer(judge, status, answer, workload.per_post).map_err(|()| LoadError::Refused {
+                    first,
+                    end: first + per_post,
+                    status,
+                    body: String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned(),
+                })?;
+                counter.fetch_add(per_post, Ordering::Relaxed);
+            }
+        }));
+    }
+    if let Some(duration) = plan.duration {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut latencies_us = Vec::new();
+    let mut failure = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(mut l)) => latencies_us.append(&mut l),
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert(e);
+            }
+            Err(join) => {
+                stop.store(true, Ordering::Relaxed);
+                failure.get_or_insert(LoadError::BadAnswer { addr, reason: format!("client task: {join}") });
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    progress.finish();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    latencies_us.sort_unstable();
+    let posts = latencies_us.len() as u64;
+    Ok(LoadReport { events: posts * per_post, posts, elapsed, latencies_us })
+}
+
+fn judge_answer(judge: Judge, status: u16, body: &[u8], per_post: usize) -> Result<(), ()> {
+    match judge {
+        Judge::AnySuccess if (200..300).contains(&status) => Ok(()),
+        Judge::Created if per_post == 1 && status == 201 => Ok(()),
+        Judge::Created if per_post > 1 && status == 200 => {
+            let created = count(body, br#""status":"created""#);
+            if created == per_post { Ok(()) } else { Err(()) }
+        }
+        _ => Err(()),
+    }
+}
+
+/// Occurrences of `needle` in `haystack`.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).filter(|w| *w == needle).count()
+}
+
+/// One keep-alive connection to a node's `POST /v1/events`.
+pub struct Conn {
+    addr: SocketAddr,
+    stream: TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects, with Nagle off (requests are written whole).
+    pub async fn connect(addr: SocketAddr) -> Result<Conn, LoadError> {
+        let io = |source| LoadError::Io { addr, source };
+        let stream = TcpStream::connect(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        Ok(Conn { addr, stream, request: Vec::new(), buf: Vec::new(), body: Vec::new() })
+    }
+
+    /// Posts `body` as JSON and returns the status and the answer's body.
+    pub async fn post(&mut self, body: &[u8]) -> Result<(u16, &[u8]), LoadError> {
+        let addr = self.addr;
+        let io = |source| LoadError::Io { addr, source };
+        self.request.clear();
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            VecWriter(&mut self.request),
+            "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await.map_err(io)?;
+        let (status, head_len, length) = loop {
+            if let Some(parsed) =
+                parse_head(&self.buf).map_err(|reason| LoadError::BadAnswer { addr, reason })?
+            {
+                break parsed;
+            }
+            self.fill().await?;
+        };
+        while self.buf.len() < head_len + length {
+            self.fill().await?;
+        }
+        self.body.clear();
+        self.body.extend_from_slice(&self.buf[head_len..head_len + length]);
+        self.buf.drain(..head_len + length);
+        Ok((status, &self.body))
+    }
+
+    async fn fill(&mut self) -> Result<(), LoadError> {
+        let addr = self.addr;
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await.map_err(|source| LoadError::Io { addr, source })?;
+        if n == 0 {
+            return Err(LoadError::BadAnswer { addr, reason: "the server closed the connection".into() });
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+/// `fmt::Write` into a byte vector.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Parses a response head: `(status, head length, body length)`, or `None` if the head
+/// is not complete yet.
+fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, usize)>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "the head is not UTF-8".to_owned())?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| format!("status line {status_line:?}"))?;
+    let length = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.trim().parse::<usize>())
+        .ok_or("no content-length")?
+        .map_err(|e| format!("content-length: {e}"))?;
+    Ok(Some((status, end + 4, length)))
+}
+
+/// An HTTP/1.1 server that answers every request `201 {}` without looking at the body:
+/// the ceiling of the load generator and of loopback HTTP on this machine.
+pub struct NoopServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NoopServer {
+    /// Listens on a free loopback port.
+    pub async fn start() -> std::io::Result<NoopServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_noop(stream));
+            }
+        });
+        Ok(NoopServer { addr, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for NoopServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_noop(mut stream: TcpStream) {
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // Requests have a head and a body of content-length bytes.
+        let Some(end) = buf.windows(4).position(|w: &[u8]| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + 4 + length);
+        if stream.write_all(ANSWER).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_protocol::Lane;
+
+    #[test]
+    fn lane_counts_follow_the_mix() {
+        let counts = Mix::Site.lane_counts(45);
+        let mut by_hand = PerLane::<u64>::default();
+        for n in 0..45 {
+            *by_hand.get_mut(Mix::Site.kind(n).default_lane()) += 1;
+        }
+        assert_eq!(counts, by_hand);
+        assert_eq!(*counts.get(Lane::Critical), 3);
+        assert_eq!(Mix::Bulk.lane_counts(7).get(Lane::Bulk), &7);
+    }
+
+    #[test]
+    fn bodies_are_the_json_the_node_parses() {
+        let w = Workload { prefix: "t-".into(), mix: Mix::Site, per_post: 3 };
+        let mut body = String::new();
+        w.body(20, &mut body);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let events = v.as_array().unwrap();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["event_id"], "t-0000000020");
+        assert_eq!(events[0]["kind"], "ship");
+        assert_eq!(events[2]["kind"], "pick");
+    }
+
+    #[test]
+    fn heads_are_parsed_or_refused() {
+        let ok = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse_head(ok).unwrap(), Some((201, ok.len() - 5, 5)));
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err(), "no content-length");
+        assert!(parse_head(b"SPDY 200\r\ncontent-length: 0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn a_post_is_created_only_when_every_event_is() {
+        let body = br#"{"results":[{"status":"created"},{"status":"created"}]}"#;
+        assert_eq!(judge_answer(Judge::Created, 200, body, 2), Ok(()));
+        assert_eq!(judge_answer(Judge::Created, 200, body, 3), Err(()));
+        assert_eq!(judge_answer(Judge::Created, 200, b"{}", 1), Err(()), "a single event answers 201");
+        assert_eq!(judge_answer(Judge::Created, 507, b"{}", 1), Err(()));
+        assert_eq!(judge_answer(Judge::AnySuccess, 204, b"", 1), Ok(()));
+    }
+}
