@@ -92,7 +92,7 @@ async fn post_events(State(state): State<AppState>, body: Body) -> Result<Respon
             single_response(outcome, &id, epoch)
         }
         Posted::Many(items) => {
-            let mut results: Vec<Option<ItemResult<'_>>> = Vec::with_capacity(items.len());
+            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
             let mut valid = Vec::new();
             for (id, item) in items {
                 match item {
@@ -100,70 +100,17 @@ async fn post_events(State(state): State<AppState>, body: Body) -> Result<Respon
                         valid.push(event);
                         results.push(None);
                     }
-                    Err(e) => {
-                        results.push(Some(ItemResult::Refused(item_error(id.as_deref(), "invalid", &e))))
-                    }
+                    Err(e) => results.push(Some(item_error(id.as_deref(), "invalid", &e))),
                 }
             }
             let ids: Vec<EventId> = valid.iter().map(|e| e.event_id.clone()).collect();
-            let outcomes = append(&state, valid).await?;
-            let epoch = epoch.to_string();
-            let mut stamps = Stamps::default();
-            let mut outcomes = outcomes.into_iter().zip(&ids);
+            let mut outcomes = append(&state, valid).await?.into_iter().zip(ids);
             for slot in results.iter_mut().filter(|r| r.is_none()) {
                 if let Some((outcome, id)) = outcomes.next() {
-                    *slot = Some(item_result(outcome, id, &epoch, &mut stamps));
+                    *slot = Some(item_result(outcome, &id, epoch));
                 }
             }
-            Ok((StatusCode::OK, Json(Results { results })).into_response())
-        }
-    }
-}
-
-/// The answer of a stored event (API.md). Posts answer thousands of these a second, so
-/// they are written straight from this struct rather than through a JSON tree.
-#[derive(serde::Serialize)]
-struct Stored<'a> {
-    event_id: &'a str,
-    lane: &'static str,
-    seq: u64,
-    epoch: &'a str,
-    received_at: String,
-    duplicate: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'static str>,
-}
-
-/// One entry of an array's `results`: stored, or an error body.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
-enum ItemResult<'a> {
-    Stored(Stored<'a>),
-    Refused(Value),
-}
-
-/// An array's answer.
-#[derive(serde::Serialize)]
-struct Results<'a> {
-    results: Vec<Option<ItemResult<'a>>>,
-}
-
-/// `received_at` texts: the events of one commit share their millisecond, so it is
-/// formatted once.
-#[derive(Default)]
-struct Stamps {
-    last: Option<(u64, String)>,
-}
-
-impl Stamps {
-    fn get(&mut self, ms: u64) -> String {
-        match &self.last {
-            Some((at, text)) if *at == ms => text.clone(),
-            _ => {
-                let text = rfc3339_ms(ms);
-                self.last = Some((ms, text.clone()));
-                text
-            }
+            Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
         }
     }
 }
@@ -186,64 +133,44 @@ async fn append(state: &AppState, events: Vec<Event>) -> Result<Vec<Outcome>, In
     Ok(outcomes)
 }
 
-fn stored<'a>(
-    id: &'a EventId,
-    p: Placement,
-    epoch: &'a str,
-    stamps: &mut Stamps,
-    duplicate: bool,
-) -> Stored<'a> {
-    Stored {
-        event_id: id.as_str(),
-        lane: p.lane.as_str(),
-        seq: p.seq.get(),
-        epoch,
-        received_at: stamps.get(p.received_at_ms),
-        duplicate,
-        status: None,
-    }
-}
-
-/// A stored event's answer as a JSON tree, for the answers that add fields to it.
 fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Value {
-    let epoch = epoch.to_string();
-    serde_json::to_value(stored(id, p, &epoch, &mut Stamps::default(), duplicate)).unwrap_or_default()
+    json!({
+        "event_id": id.as_str(),
+        "lane": p.lane.as_str(),
+        "seq": p.seq.get(),
+        "epoch": epoch.to_string(),
+        "received_at": rfc3339_ms(p.received_at_ms),
+        "duplicate": duplicate,
+    })
 }
 
 fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Response, IngestError> {
-    let epoch = epoch.to_string();
-    let mut stamps = Stamps::default();
     match outcome {
-        Outcome::Created(p) => {
-            Ok((StatusCode::CREATED, Json(stored(id, p, &epoch, &mut stamps, false))).into_response())
-        }
-        Outcome::Duplicate(p) => {
-            Ok((StatusCode::OK, Json(stored(id, p, &epoch, &mut stamps, true))).into_response())
-        }
+        Outcome::Created(p) => Ok((StatusCode::CREATED, Json(accepted(id, p, epoch, false))).into_response()),
+        Outcome::Duplicate(p) => Ok((StatusCode::OK, Json(accepted(id, p, epoch, true))).into_response()),
         Outcome::Conflict(_) => Err(IngestError::Conflict(id.to_string())),
         Outcome::Invalid { field, reason } => Err(IngestError::InvalidField { field: field.into(), reason }),
     }
 }
 
-fn item_result<'a>(outcome: Outcome, id: &'a EventId, epoch: &'a str, stamps: &mut Stamps) -> ItemResult<'a> {
-    let with_status = |mut s: Stored<'a>, status| {
-        s.status = Some(status);
-        ItemResult::Stored(s)
-    };
+fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> Value {
     match outcome {
-        Outcome::Created(p) => with_status(stored(id, p, epoch, stamps, false), "created"),
-        Outcome::Duplicate(p) => with_status(stored(id, p, epoch, stamps, true), "duplicate"),
-        Outcome::Conflict(_) => ItemResult::Refused(item_error(
-            Some(id.as_str()),
-            "conflict",
-            &IngestError::Conflict(id.to_string()),
-        )),
-        Outcome::Invalid { field, reason } => ItemResult::Refused(item_error(
+        Outcome::Created(p) => with_status(accepted(id, p, epoch, false), "created"),
+        Outcome::Duplicate(p) => with_status(accepted(id, p, epoch, true), "duplicate"),
+        Outcome::Conflict(_) => {
+            item_error(Some(id.as_str()), "conflict", &IngestError::Conflict(id.to_string()))
+        }
+        Outcome::Invalid { field, reason } => item_error(
             Some(id.as_str()),
             "invalid",
             &IngestError::InvalidField { field: field.into(), reason },
-        )),
+        ),
     }
+}
+
+fn with_status(mut v: Value, status: &str) -> Value {
+    v["status"] = json!(status);
+    v
 }
 
 fn item_error(id: Option<&str>, status: &str, e: &IngestError) -> Value {

@@ -114,19 +114,7 @@ pub enum Posted {
 
 /// Parses a request body. Whole-body problems are errors; per-event problems are kept
 /// per entry so that an array answers for each of its events.
-///
-/// Well-formed bodies take a fast path that reads events straight into their fields,
-/// without building a JSON tree; anything it does not accept goes the tree's way, which
-/// alone writes the errors, so both ways answer alike.
 pub fn parse_body(body: &[u8], batch_events_max: usize) -> Result<Posted, IngestError> {
-    match fast::parse_body(body, batch_events_max) {
-        Some(posted) => Ok(posted),
-        None => parse_tree(body, batch_events_max),
-    }
-}
-
-/// [`parse_body`] by way of a JSON tree: every body, and the errors.
-fn parse_tree(body: &[u8], batch_events_max: usize) -> Result<Posted, IngestError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| IngestError::MalformedJson(e.to_string()))?;
     match value {
         Value::Array(items) => {
@@ -175,11 +163,6 @@ pub fn parse_event(value: Value) -> Result<Event, IngestError> {
         order_id: optional_str(&mut map, "order_id")?,
         attrs: attrs(map.remove("attrs"))?,
     };
-    checked(event)
-}
-
-/// The checks every event passes after its fields are read, on either path.
-fn checked(event: Event) -> Result<Event, IngestError> {
     if let Some(at) = &event.occurred_at
         && !is_rfc3339(at)
     {
@@ -257,86 +240,6 @@ fn is_rfc3339(s: &str) -> bool {
             digits(i + 1..i + 3) && at(i + 3, b':') && digits(i + 4..i + 6) && i + 6 == b.len()
         }
         _ => false,
-    }
-}
-
-/// The fast path of [`parse_body`]: typed deserialization of well-formed events.
-pub(crate) mod fast {
-    use std::borrow::Cow;
-    use std::collections::BTreeMap;
-
-    use serde::Deserialize;
-    use sync_protocol::Event;
-
-    use super::{Posted, checked};
-
-    /// An event as scanners send it. Strings are borrowed from the body unless escaped.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Wire<'a> {
-        #[serde(borrow)]
-        event_id: Cow<'a, str>,
-        #[serde(borrow)]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        sku: Cow<'a, str>,
-        #[serde(borrow)]
-        location: Cow<'a, str>,
-        qty: i64,
-        #[serde(default)]
-        occurred_at: Option<String>,
-        #[serde(default)]
-        device_id: Option<String>,
-        #[serde(default)]
-        shipment_id: Option<String>,
-        #[serde(default)]
-        order_id: Option<String>,
-        #[serde(default)]
-        attrs: Option<BTreeMap<String, String>>,
-    }
-
-    impl Wire<'_> {
-        /// The event, if every field is valid; `None` sends the body the slow way.
-        fn event(self) -> Option<Event> {
-            let event = Event {
-                event_id: self.event_id.parse().ok()?,
-                kind: self.kind.parse().ok()?,
-                sku: self.sku.parse().ok()?,
-                location: self.location.parse().ok()?,
-                qty: self.qty,
-                occurred_at: self.occurred_at,
-                device_id: self.device_id,
-                shipment_id: self.shipment_id,
-                order_id: self.order_id,
-                attrs: self.attrs.unwrap_or_default(),
-            };
-            checked(event).ok()
-        }
-    }
-
-    /// One event or an array of valid events, or `None` for anything else.
-    pub(crate) fn parse_body(body: &[u8], batch_events_max: usize) -> Option<Posted> {
-        match body.iter().find(|b| !b.is_ascii_whitespace())? {
-            b'[' => {
-                let wires: Vec<Wire<'_>> = serde_json::from_slice(body).ok()?;
-                if wires.is_empty() || wires.len() > batch_events_max {
-                    return None;
-                }
-                let events = wires
-                    .into_iter()
-                    .map(|w| {
-                        let event = w.event()?;
-                        // The id is only for naming an invalid event, and all are valid.
-                        Some((None, Ok(event)))
-                    })
-                    .collect::<Option<Vec<_>>>()?;
-                Some(Posted::Many(events))
-            }
-            _ => {
-                let wire: Wire<'_> = serde_json::from_slice(body).ok()?;
-                Some(Posted::Single(Ok(wire.event()?)))
-            }
-        }
     }
 }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use sync_protocol::{Lane, PerLane};
 
 use super::limits;
-use super::load::{self, Conn, Judge, Mix, Plan, Workload};
-use super::site::{self, rss_bytes, verify};
+use super::load::{Conn, Mix, Workload};
+use super::site::{self, buffer, rss_bytes, verify};
 use super::{Goal, Options, Row};
 use crate::cluster::Cluster;
 
@@ -33,14 +33,6 @@ const DISK_TARGET: f64 = 100.0;
 const RESTART_TARGET_S: f64 = 1.0;
 const RESTART_KILLED_TARGET_S: f64 = 2.0;
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// Posts events `first..first + count` of a site's mix (64 clients, 100 per post).
-async fn buffer(cluster: &Cluster, first: u64, count: u64, label: &str) -> anyhow::Result<()> {
-    let workload = Workload { prefix: "backlog-".into(), mix: Mix::Site, per_post: 100 };
-    let plan = Plan { clients: 64, events: count, duration: None, first_event: first };
-    load::run(cluster.nodes[0].http_addr(), &workload, plan, Judge::Created, label).await?;
-    Ok(())
-}
 
 /// Starts the relay and checks that `expected` arrives exactly once.
 async fn drain_and_verify(
@@ -64,7 +56,7 @@ async fn memory(options: &Options) -> anyhow::Result<Row> {
     let tenth = events / 10;
     let mut samples = Vec::new();
     for i in 0..10 {
-        buffer(&cluster, i * tenth, tenth, &format!("backlog {}/10", i + 1)).await?;
+        buffer(&cluster, Mix::Site, i * tenth, tenth, &format!("backlog {}/10", i + 1)).await?;
         samples.push(rss_bytes(pid)? as f64 / MIB);
     }
     let first = samples[0];
@@ -93,7 +85,7 @@ pub fn run_disk(options: &Options) -> anyhow::Result<Row> {
 async fn disk(options: &Options) -> anyhow::Result<Row> {
     let events: u64 = if options.quick { 50_000 } else { 1_000_000 };
     let mut cluster = site::offline(Vec::new()).await?;
-    buffer(&cluster, 0, events, "buffer").await?;
+    buffer(&cluster, Mix::Site, 0, events, "buffer").await?;
     let status = site::status(&cluster.nodes[0]).await?;
     let per_event = status.store.disk_bytes as f64 / events as f64;
     let dir = cluster.dir().to_path_buf();
@@ -121,7 +113,7 @@ async fn restart(options: &Options) -> anyhow::Result<Row> {
     let mut cluster = site::offline(Vec::new()).await?;
     let mut probes = Probes { sent: 0 };
     let empty = probes.restart(&mut cluster, Stop::Clean).await?;
-    buffer(&cluster, 0, events, "buffer").await?;
+    buffer(&cluster, Mix::Site, 0, events, "buffer").await?;
     let killed = probes.restart(&mut cluster, Stop::Killed).await?;
     let clean = probes.restart(&mut cluster, Stop::Clean).await?;
     let mut expected = Mix::Site.lane_counts(events);

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use sync_protocol::{Lane, PerLane};
 
 use super::limits;
-use super::load::{self, Conn, Judge, Mix, Plan, Workload};
+use super::load::{self, Conn, Mix, Workload};
 use super::progress::Progress;
-use super::site::{self, relay_watermarks, total, verify};
+use super::site::{self, buffer, relay_watermarks, total, verify};
 use super::{Goal, Options, Row};
 use crate::cluster::Cluster;
 
@@ -35,14 +35,6 @@ const POLL: Duration = Duration::from_millis(5);
 /// A shipment is posted this often during `mixed`.
 const CRITICAL_EVERY: Duration = Duration::from_millis(10);
 
-/// Buffers `events` of `mix` with the WAN down (64 clients, 100 per post).
-async fn buffer(cluster: &Cluster, mix: Mix, events: u64, label: &str) -> anyhow::Result<u64> {
-    let workload = Workload { prefix: format!("{label}-"), mix, per_post: 100 };
-    let plan = Plan { clients: 64, events, duration: None, first_event: 0 };
-    let report = load::run(cluster.nodes[0].http_addr(), &workload, plan, Judge::Created, label).await?;
-    Ok(report.events)
-}
-
 /// `drain`.
 pub fn run_drain(options: &Options) -> anyhow::Result<Row> {
     site::runtime()?.block_on(drain(options))
@@ -51,7 +43,7 @@ pub fn run_drain(options: &Options) -> anyhow::Result<Row> {
 async fn drain(options: &Options) -> anyhow::Result<Row> {
     let events = if options.quick { 20_000 } else { 1_000_000 };
     let mut cluster = site::offline(Vec::new()).await?;
-    let buffered = buffer(&cluster, Mix::Site, events, "buffer").await?;
+    let buffered = buffer(&cluster, Mix::Site, 0, events, "buffer").await?;
     let dir = cluster.dir().to_path_buf();
     let redb = tokio::task::spawn_blocking(move || limits::redb_group_commit(&dir, events, 1_000)).await??;
 
@@ -98,7 +90,7 @@ pub fn run_mixed(options: &Options) -> anyhow::Result<Row> {
 async fn mixed(options: &Options) -> anyhow::Result<Row> {
     let events = if options.quick { 20_000 } else { 1_000_000 };
     let mut cluster = site::offline(Vec::new()).await?;
-    let buffered = buffer(&cluster, Mix::Bulk, events, "bulk").await?;
+    let buffered = buffer(&cluster, Mix::Bulk, 0, events, "bulk").await?;
     let shipments = Workload { prefix: "ship-".into(), mix: Mix::Critical, per_post: 1 };
     let mut conn = Conn::connect(cluster.nodes[0].http_addr()).await?;
 

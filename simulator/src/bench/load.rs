@@ -363,27 +363,38 @@ impl std::fmt::Write for VecWriter<'_> {
     }
 }
 
+/// The head of the message at the start of `buf` and the length of the head with its
+/// blank line, or `None` if the head is not complete yet.
+fn head(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&buf[..end], end + 4))
+}
+
+/// The `Content-Length` of a message head.
+fn content_length(head: &str) -> Result<usize, String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.trim().parse::<usize>())
+        .ok_or("no content-length")?
+        .map_err(|e| format!("content-length: {e}"))
+}
+
 /// Parses a response head: `(status, head length, body length)`, or `None` if the head
 /// is not complete yet.
 fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, usize)>, String> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some((head, head_len)) = head(buf) else {
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "the head is not UTF-8".to_owned())?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
+    let head = std::str::from_utf8(head).map_err(|_| "the head is not UTF-8".to_owned())?;
+    let status_line = head.split("\r\n").next().unwrap_or_default();
     let status = status_line
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or_else(|| format!("status line {status_line:?}"))?;
-    let length = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .map(|(_, value)| value.trim().parse::<usize>())
-        .ok_or("no content-length")?
-        .map_err(|e| format!("content-length: {e}"))?;
-    Ok(Some((status, end + 4, length)))
+    Ok(Some((status, head_len, content_length(head)?)))
 }
 
 /// An HTTP/1.1 server that answers every request `201 {}` without looking at the body:
@@ -425,29 +436,20 @@ async fn serve_noop(mut stream: TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        // Requests have a head and a body of content-length bytes.
-        let Some(end) = buf.windows(4).position(|w: &[u8]| w == b"\r\n\r\n") else {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while buf.len() < end + 4 + length {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        // A request is a head and a body of content-length bytes (none without one).
+        if let Some((head_bytes, head_len)) = head(&buf) {
+            let whole = head_len + content_length(&String::from_utf8_lossy(head_bytes)).unwrap_or(0);
+            if buf.len() >= whole {
+                buf.drain(..whole);
+                if stream.write_all(ANSWER).await.is_err() {
+                    return;
+                }
+                continue;
             }
         }
-        buf.drain(..end + 4 + length);
-        if stream.write_all(ANSWER).await.is_err() {
-            return;
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }

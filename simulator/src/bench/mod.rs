@@ -249,7 +249,7 @@ fn print_table(rows: &[Row], out: &mut dyn Write) -> std::io::Result<()> {
 }
 
 /// A figure with three significant digits and an SI suffix: `1.23M`, `45.6k`, `0.81`.
-fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     let (value, suffix) = match x.abs() {
         a if a >= 1e6 => (x / 1e6, "M"),
         a if a >= 1e4 => (x / 1e3, "k"),

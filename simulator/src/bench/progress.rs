@@ -77,19 +77,10 @@ fn draw(label: &str, total: u64, unit: &str, done: &AtomicU64, stop: &AtomicBool
             "#".repeat(filled),
             "-".repeat(WIDTH - filled),
             fraction * 100.0,
-            human(rate),
+            super::number(rate),
         );
         let _ = err.flush();
     }
     let _ = write!(err, "\r{}\r", " ".repeat(WIDTH + label.len() + 60));
     let _ = err.flush();
-}
-
-/// `1234567.0` as `1.23M`.
-pub fn human(x: f64) -> String {
-    match x {
-        x if x >= 1e6 => format!("{:.2}M", x / 1e6),
-        x if x >= 1e3 => format!("{:.1}k", x / 1e3),
-        x => format!("{x:.0}"),
-    }
 }

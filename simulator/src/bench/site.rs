@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sync_protocol::{Lane, PerLane};
 
+use super::load::{self, Judge, Mix, Plan, Workload};
 use crate::api::{NodeStatus, NodesView};
 use crate::cluster::Cluster;
 use crate::process::Node;
@@ -30,6 +31,15 @@ pub async fn offline(node_args: Vec<String>) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::prepare()?;
     cluster.add_node(NODE_ID, node_args)?.start().await?;
     Ok(cluster)
+}
+
+/// Posts events `first..first + count` of `mix` to the bench node as a busy site's
+/// scanners do (64 clients, 100 events per post); returns the events created.
+pub async fn buffer(cluster: &Cluster, mix: Mix, first: u64, count: u64, label: &str) -> anyhow::Result<u64> {
+    let workload = Workload { prefix: "buffer-".into(), mix, per_post: 100 };
+    let plan = Plan { clients: 64, events: count, duration: None, first_event: first };
+    let report = load::run(cluster.nodes[0].http_addr(), &workload, plan, Judge::Created, label).await?;
+    Ok(report.events)
 }
 
 /// The node's status.
