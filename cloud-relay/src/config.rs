@@ -16,6 +16,13 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:8081";
 pub const DEFAULT_DATA_DIR: &str = "relay-data";
 /// Default most node connections served at once; more are closed at once with a reason.
 pub const DEFAULT_CONNECTIONS_MAX: usize = 4096;
+/// Default most bytes per second the relay reads from one node connection: 64 MiB/s,
+/// about 4 times what the `drain` benchmark moves over loopback and far above a site's
+/// uplink, so only a node that floods the relay ever meets it.
+pub const DEFAULT_NODE_BYTES_PER_SEC_MAX: u64 = 64 * 1024 * 1024;
+/// Lowest accepted `node_bytes_per_sec_max`: 1 KiB/s. Below it one batch of ordinary
+/// events takes minutes to read, which is a misconfiguration rather than a protection.
+pub const NODE_BYTES_PER_SEC_MIN: u64 = 1024;
 
 /// Every setting, each optional so that the sources can be layered.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -46,9 +53,16 @@ pub struct Settings {
     /// The relay's private key (PEM).
     #[arg(long, env = "OUTPOST_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Most node connections served at once. [default: 4096]
+    /// Most node connections served at once. A few more are answered with a busy
+    /// refusal that tells the node when to retry; beyond those, connection attempts are
+    /// refused without a handshake. [default: 4096]
     #[arg(long, env = "OUTPOST_CONNECTIONS_MAX", value_name = "N")]
     pub connections_max: Option<usize>,
+    /// Most bytes per second read from one node's connection, over all its streams; a
+    /// faster node is held back by QUIC flow control instead of being buffered by the
+    /// relay. [default: 67108864 (64 MiB/s)]
+    #[arg(long, env = "OUTPOST_NODE_BYTES_PER_SEC_MAX", value_name = "BYTES")]
+    pub node_bytes_per_sec_max: Option<u64>,
 }
 
 impl Settings {
@@ -64,6 +78,7 @@ impl Settings {
             cert: self.cert.or(lower.cert),
             key: self.key.or(lower.key),
             connections_max: self.connections_max.or(lower.connections_max),
+            node_bytes_per_sec_max: self.node_bytes_per_sec_max.or(lower.node_bytes_per_sec_max),
         }
     }
 }
@@ -92,6 +107,8 @@ pub struct Config {
     pub key: PathBuf,
     /// Most connections at once.
     pub connections_max: usize,
+    /// Most bytes per second read from one node connection.
+    pub node_bytes_per_sec_max: u64,
 }
 
 impl Config {
@@ -114,6 +131,13 @@ impl Config {
         if connections_max == 0 {
             return Err(invalid("connections_max", "must be at least 1".into()));
         }
+        let node_bytes_per_sec_max = s.node_bytes_per_sec_max.unwrap_or(DEFAULT_NODE_BYTES_PER_SEC_MAX);
+        if node_bytes_per_sec_max < NODE_BYTES_PER_SEC_MIN {
+            return Err(invalid(
+                "node_bytes_per_sec_max",
+                format!("{node_bytes_per_sec_max} is below the minimum of {NODE_BYTES_PER_SEC_MIN}"),
+            ));
+        }
         Ok(Config {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             quic: s.quic.map_or_else(|| default_addr("quic", DEFAULT_QUIC), Ok)?,
@@ -124,6 +148,7 @@ impl Config {
             cert: s.cert.ok_or(ConfigError::Missing("cert"))?,
             key: s.key.ok_or(ConfigError::Missing("key"))?,
             connections_max,
+            node_bytes_per_sec_max,
         })
     }
 }
@@ -144,7 +169,23 @@ mod tests {
         assert_eq!(config.name.as_deref(), Some("relay-1"));
         assert_eq!(config.region.map(|r| r.to_string()).as_deref(), Some("eu-west"));
         assert_eq!(config.connections_max, 4096);
+        assert_eq!(config.node_bytes_per_sec_max, DEFAULT_NODE_BYTES_PER_SEC_MAX);
         assert_eq!(config.quic, "0.0.0.0:4433".parse().unwrap());
         assert_eq!(config.key, PathBuf::from("/etc/outpost/relay.key"));
+    }
+
+    #[test]
+    fn the_node_rate_limit_has_a_floor() {
+        let with = |bytes_per_sec| Settings {
+            ca: Some("ca.pem".into()),
+            cert: Some("relay.pem".into()),
+            key: Some("relay.key".into()),
+            node_bytes_per_sec_max: Some(bytes_per_sec),
+            ..Settings::default()
+        };
+        let config = Config::resolve(with(NODE_BYTES_PER_SEC_MIN)).unwrap();
+        assert_eq!(config.node_bytes_per_sec_max, NODE_BYTES_PER_SEC_MIN);
+        let err = Config::resolve(with(NODE_BYTES_PER_SEC_MIN - 1)).unwrap_err();
+        assert_eq!(err.to_string(), "node_bytes_per_sec_max: 1023 is below the minimum of 1024");
     }
 }

@@ -24,6 +24,7 @@ pub mod page;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 
 use std::sync::Arc;
@@ -78,7 +79,8 @@ pub async fn run(
     let log_next = *store.next_offset().borrow();
     tracing::info!(
         relay = %name, %region, quic = %config.quic, http = ?listener.local_addr().ok(),
-        data_dir = %dir, log_next, "relay started"
+        data_dir = %dir, log_next, connections_max = config.connections_max,
+        node_bytes_per_sec_max = config.node_bytes_per_sec_max, "relay started"
     );
 
     let receiver = ReceiverConfig { relay_id: name, region, limits: Limits::default() };
@@ -91,9 +93,27 @@ pub async fn run(
         "Node connections closed, by reason (refusals, bad frames, losses, shutdown)",
         connections.closed.clone(),
     );
+    metrics.register(
+        "refusals",
+        "Node connection attempts refused, by reason (busy with a retry hint, connection_limit \
+         before the handshake, or a refused hello)",
+        connections.refusals.clone(),
+    );
+    metrics.register_with_unit(
+        "node_throttled",
+        "Time the relay held each node back to node_bytes_per_sec_max",
+        prometheus_client::registry::Unit::Seconds,
+        connections.throttled_seconds.clone(),
+    );
     metrics
         .register_collector(Box::new(NodeLevels { store: store.clone(), connections: connections.clone() }));
-    let shared = Arc::new(Shared { store: store.clone(), receiver, connections, metrics });
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        receiver,
+        node_bytes_per_sec_max: config.node_bytes_per_sec_max,
+        connections,
+        metrics,
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let quic = tokio::spawn(server::serve(endpoint, shared.clone(), config.connections_max, stop_rx.clone()));
     let served = daemon::serve_http_until(listener, http::router(shared), shutdown, &stop_tx).await;

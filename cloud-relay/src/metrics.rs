@@ -15,9 +15,11 @@ use sync_protocol::Lane;
 use crate::server::Connections;
 use crate::store::{Store, now_ms};
 
+/// The `node_id` label of the per-node series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct NodeLabel {
-    node_id: String,
+pub struct NodeLabel {
+    /// The node, as its certificate names it.
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -8,6 +8,13 @@
 //! state machine alone. Commits are queued to the store without waiting, which keeps
 //! several batches in flight; their outcomes come back in commit order, and only then is
 //! anything acknowledged.
+//!
+//! Protection: at most `connections_max` nodes are served. Up to [`BUSY_SLOTS`] more
+//! connections complete their handshake only to be refused with
+//! [`RefuseReason::Busy`] and a retry hint ([`busy_retry_after_ms`]); beyond those, the
+//! attempt is refused before the handshake. Every node connection reads its streams
+//! through one [`Throttle`] (`node_bytes_per_sec_max`), and the QUIC receive windows
+//! ([`crate::tls`]) bound what a node can make the relay buffer.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,19 +26,38 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sync_protocol::wire::{FrameDecoder, close};
+use sync_protocol::wire::{FrameDecoder, Hello, close};
 use sync_protocol::{
     DecodeError, Epoch, InventoryUpdate, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation,
-    Receiver, ReceiverConfig, Refuse,
+    Receiver, ReceiverConfig, Refuse, RefuseReason,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::metrics::NodeLabel;
 use crate::store::{Append, Committed, Store, StoreError};
+use crate::throttle::Throttle;
 use crate::tls::peer_identity;
 
 /// How long a node has to send its Hello after connecting.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections accepted over `connections_max` only to be refused with a retry hint. Each
+/// costs a TLS handshake and a little memory for at most [`BUSY_HELLO_TIMEOUT`] and
+/// [`REFUSE_LINGER`]; 64 lets a crowd of returning nodes learn when to come back without
+/// letting the crowd cost the relay much.
+pub const BUSY_SLOTS: usize = 64;
+/// How long a connection over the limit has, from its first packet, to complete its
+/// handshake and send its Hello; then it is closed without an answer.
+pub const BUSY_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest frame read from a connection over the limit. It only has to carry a Hello
+/// (under 200 bytes), so the crowd in the busy slots cannot make the relay buffer
+/// full-size frames.
+pub const BUSY_FRAME_BYTES_MAX: u32 = 4 * 1024;
+/// The retry hint per connection over the limit, see [`busy_retry_after_ms`].
+pub const BUSY_RETRY_STEP_MS: u32 = 1_000;
+/// How long a refused node has to read its Refuse and close before the relay closes.
+pub const REFUSE_LINGER: Duration = Duration::from_secs(2);
 /// Frames buffered between a connection's stream readers and its task; when full, the
 /// readers stop reading and QUIC flow control holds the node back.
 const INBOX_FRAMES: usize = 32;
@@ -45,10 +71,15 @@ pub struct Connections {
     pub gauge: Gauge,
     /// Connections closed, by reason, for `/metrics`.
     pub closed: Family<ReasonLabel, Counter>,
+    /// Connection attempts refused, by reason, for `/metrics`: the refusal reasons, and
+    /// `connection_limit` for attempts refused before the handshake.
+    pub refusals: Family<ReasonLabel, Counter>,
+    /// Time each node was held back by `node_bytes_per_sec_max`, for `/metrics`.
+    pub throttled_seconds: Family<NodeLabel, Counter<f64, AtomicU64>>,
 }
 
-/// The `reason` label of [`Connections::closed`]: a close-code class or a
-/// refusal reason, from a fixed set.
+/// The `reason` label of [`Connections::closed`] and [`Connections::refusals`]: a
+/// close-code class or a refusal reason, from a fixed set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// The reason.
@@ -95,6 +126,8 @@ pub struct Shared {
     pub store: Store,
     /// The relay's name, region and limits.
     pub receiver: ReceiverConfig,
+    /// Most bytes per second read from one node connection.
+    pub node_bytes_per_sec_max: u64,
     /// Live connections.
     pub connections: Arc<Connections>,
     /// Everything `/metrics` shows.
@@ -103,6 +136,9 @@ pub struct Shared {
 
 /// Accepts connections until `shutdown` turns true, then closes every connection with
 /// [`close::SHUTDOWN`] and waits (briefly) for the close to reach the nodes.
+///
+/// Serves at most `connections_max` at once; over that, up to [`BUSY_SLOTS`] more are
+/// refused with a retry hint, and the rest before their handshake.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
@@ -110,26 +146,49 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(connections_max));
+    let busy_slots = Arc::new(Semaphore::new(BUSY_SLOTS));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             () = stopped(&mut shutdown) => break,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refusing");
-            incoming.refuse();
-            continue;
+        let (slot, busy) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, None),
+            Err(_) => match busy_slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let over = BUSY_SLOTS - busy_slots.available_permits();
+                    (slot, Some(busy_retry_after_ms(over)))
+                }
+                Err(_) => {
+                    tracing::warn!(remote = %incoming.remote_address(), connections_max,
+                        "connection limit reached and every busy slot taken; refusing without a hint");
+                    let label = ReasonLabel { reason: "connection_limit" };
+                    shared.connections.refusals.get_or_create(&label).inc();
+                    incoming.refuse();
+                    continue;
+                }
+            },
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(incoming, shared, shutdown).await;
+            serve_connection(incoming, busy, shared, shutdown).await;
             drop(slot);
         });
     }
     endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+}
+
+/// The retry hint for a connection refused while `over` connections (this one included)
+/// are being refused for the limit at once: [`BUSY_RETRY_STEP_MS`] for each, so from 1 s
+/// for a lone latecomer to 64 s with every busy slot taken. The node waits between the
+/// hint and twice the hint (`Sender::handle_disconnected`), so the crowd that filled the
+/// busy slots comes back spread over about two minutes rather than at the next second.
+pub fn busy_retry_after_ms(over: usize) -> u32 {
+    let over = over.clamp(1, BUSY_SLOTS) as u32;
+    BUSY_RETRY_STEP_MS.saturating_mul(over)
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
@@ -140,8 +199,8 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// Why a connection ended, and the close code the node gets.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("no hello within {HELLO_TIMEOUT:?}")]
-    HelloTimeout,
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
     #[error("refused ({}): {}", .0.reason.as_str(), .0.message)]
     Refused(Refuse),
     #[error("bad frame: {0}")]
@@ -160,7 +219,7 @@ impl ConnError {
     /// The `reason` label of this close on `/metrics`.
     fn label(&self) -> &'static str {
         match self {
-            ConnError::HelloTimeout => "hello_timeout",
+            ConnError::HelloTimeout(_) => "hello_timeout",
             ConnError::Refused(refuse) => refuse.reason.as_str(),
             ConnError::Decode(_) => "decode_error",
             ConnError::Violation(_) => "protocol_violation",
@@ -174,20 +233,36 @@ impl ConnError {
         match self {
             ConnError::Refused(_) => close::REFUSED,
             ConnError::Decode(_) => close::DECODE_ERROR,
-            ConnError::HelloTimeout | ConnError::Violation(_) => close::PROTOCOL_VIOLATION,
+            ConnError::HelloTimeout(_) | ConnError::Violation(_) => close::PROTOCOL_VIOLATION,
             ConnError::Store(_) => close::STORE_FAILED,
             ConnError::Lost(_) | ConnError::Shutdown => close::SHUTDOWN,
         }
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+/// Serves one connection; with `busy`, only to refuse it with that retry hint.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    busy: Option<u32>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    // A connection over the limit gets a short, fixed time for everything up to its Hello.
+    let busy_deadline = Instant::now() + BUSY_HELLO_TIMEOUT;
+    let handshake = match busy {
+        Some(_) => tokio::time::timeout_at(busy_deadline, incoming).await,
+        None => Ok(incoming.await),
+    };
+    let conn = match handshake {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             // Wrong CA, expired or revoked-by-rotation certificates end here.
             tracing::warn!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "no handshake within {BUSY_HELLO_TIMEOUT:?} while over the limit");
             return;
         }
     };
@@ -201,9 +276,21 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
     };
     let span = tracing::info_span!("conn", node = %identity, %remote);
     async move {
-        tracing::info!("connected");
-        let mut session = Session::new(conn.clone(), identity, shared.clone(), remote);
-        let result = session.run(shutdown).await;
+        let hello_by = match busy {
+            Some(retry_after_ms) => {
+                tracing::debug!(retry_after_ms, "connected over the limit");
+                (busy_deadline, BUSY_HELLO_TIMEOUT)
+            }
+            None => {
+                tracing::info!("connected");
+                (Instant::now() + HELLO_TIMEOUT, HELLO_TIMEOUT)
+            }
+        };
+        let node = NodeLabel { node_id: identity.node_id.to_string() };
+        let throttled = shared.connections.throttled_seconds.get_or_create(&node).clone();
+        let throttle = Arc::new(Throttle::new(shared.node_bytes_per_sec_max, throttled));
+        let mut session = Session::new(conn.clone(), identity, shared.clone(), remote, throttle, busy);
+        let result = session.run(hello_by, shutdown).await;
         shared.connections.unregister(&session.identity.node_id, session.registered);
         let error = match result {
             Ok(()) => return,
@@ -212,11 +299,18 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
         match &error {
             ConnError::Lost(_) => tracing::info!(%error, "disconnected"),
             ConnError::Shutdown => {}
+            // Load shedding as designed, not a fault of the node.
+            ConnError::Refused(refuse) if matches!(refuse.reason, RefuseReason::Busy { .. }) => {
+                tracing::info!(reason = refuse.reason.as_str(), "{error}");
+            }
             ConnError::Refused(refuse) => tracing::warn!(reason = refuse.reason.as_str(), "{error}"),
             _ => tracing::warn!(%error, "closing the connection"),
         }
         let label = ReasonLabel { reason: error.label() };
         shared.connections.closed.get_or_create(&label).inc();
+        if let ConnError::Refused(_) = &error {
+            shared.connections.refusals.get_or_create(&label).inc();
+        }
         let reason = error.to_string();
         conn.close(error.close_code().into(), &reason.as_bytes()[..reason.len().min(512)]);
     }
@@ -238,6 +332,10 @@ struct Session {
     identity: NodeIdentity,
     shared: Arc<Shared>,
     receiver: Receiver,
+    /// The read budget all of the connection's streams share.
+    throttle: Arc<Throttle>,
+    /// The retry hint, when the connection is over the limit and only to be refused.
+    busy: Option<u32>,
     /// Send halves by stream index; 0 is control.
     streams: Vec<Option<quinn::SendStream>>,
     /// The stream each lane's batches arrive on, where its Acks go back.
@@ -249,13 +347,22 @@ struct Session {
 }
 
 impl Session {
-    fn new(conn: quinn::Connection, identity: NodeIdentity, shared: Arc<Shared>, remote: SocketAddr) -> Self {
+    fn new(
+        conn: quinn::Connection,
+        identity: NodeIdentity,
+        shared: Arc<Shared>,
+        remote: SocketAddr,
+        throttle: Arc<Throttle>,
+        busy: Option<u32>,
+    ) -> Self {
         let receiver = Receiver::new(shared.receiver.clone(), identity.clone());
         Session {
             conn,
             identity,
             shared,
             receiver,
+            throttle,
+            busy,
             streams: Vec::new(),
             lanes: PerLane::default(),
             registered: u64::MAX,
@@ -264,16 +371,24 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ConnError> {
+    /// Serves the connection; `hello_by` is when the Hello must have arrived, and the
+    /// timeout that deadline stands for.
+    async fn run(
+        &mut self,
+        hello_by: (Instant, Duration),
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
         let (inbox_tx, mut inbox) = mpsc::channel(INBOX_FRAMES);
-        tokio::spawn(accept_streams(
-            self.conn.clone(),
-            self.shared.receiver.limits.frame_bytes_max,
-            inbox_tx,
-        ));
-        let epoch = tokio::time::timeout(HELLO_TIMEOUT, self.handshake(&mut inbox))
+        let frame_bytes_max = match self.busy {
+            Some(_) => BUSY_FRAME_BYTES_MAX,
+            None => self.shared.receiver.limits.frame_bytes_max,
+        };
+        tokio::spawn(accept_streams(self.conn.clone(), frame_bytes_max, self.throttle.clone(), inbox_tx));
+        let (deadline, timeout) = hello_by;
+        let hello = tokio::time::timeout_at(deadline, self.read_hello(&mut inbox))
             .await
-            .map_err(|_| ConnError::HelloTimeout)??;
+            .map_err(|_| ConnError::HelloTimeout(timeout))??;
+        let epoch = self.answer_hello(hello).await?;
         let (replies, mut committed) = mpsc::unbounded_channel::<Committed>();
         // The node has merged the relay's inventory through this version. A store that
         // has never heard of the node (it lost its data since, or the node comes from
@@ -310,16 +425,25 @@ impl Session {
         }
     }
 
-    /// Reads the Hello, answers it, and registers the connection if welcomed.
-    async fn handshake(&mut self, inbox: &mut mpsc::Receiver<Inbound>) -> Result<Epoch, ConnError> {
-        let hello = loop {
+    /// Waits for the Hello on the control stream.
+    async fn read_hello(&mut self, inbox: &mut mpsc::Receiver<Inbound>) -> Result<Hello, ConnError> {
+        loop {
             match inbox.recv().await.ok_or_else(|| ConnError::Lost("closed before hello".into()))? {
                 Inbound::Opened { index, send } => self.opened(index, send),
-                Inbound::Frame { index: 0, msg: Message::Hello(hello) } => break hello,
+                Inbound::Frame { index: 0, msg: Message::Hello(hello) } => return Ok(hello),
                 Inbound::Frame { .. } => return Err(ProtocolViolation::Unexpected("expected hello").into()),
                 Inbound::Failed(error) => return Err(error),
             }
-        };
+        }
+    }
+
+    /// Answers the Hello, and registers the connection if welcomed. A connection over the
+    /// limit is refused as busy before anything else is looked at.
+    async fn answer_hello(&mut self, hello: Hello) -> Result<Epoch, ConnError> {
+        if let Some(retry_after_ms) = self.busy {
+            let refuse = self.receiver.refuse_busy(retry_after_ms);
+            return Err(self.refused(refuse).await);
+        }
         let stored = self.shared.store.watermarks(&self.identity.node_id, hello.epoch)?;
         self.known = self.shared.store.knows(&self.identity.node_id)?;
         let epoch = hello.epoch;
@@ -333,16 +457,21 @@ impl Session {
                 Ok(epoch)
             }
             Err(refuse) => {
-                // Send the Refuse so the node can log why, then give it a moment to read it.
-                let _ = self.flush().await;
-                if let Some(Some(control)) = self.streams.first_mut() {
-                    let _ = control.finish();
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.closed()).await;
                 tracing::debug!(%epoch, remote = %self.remote, "refused hello");
-                Err(ConnError::Refused(refuse))
+                Err(self.refused(refuse).await)
             }
         }
+    }
+
+    /// Sends the queued Refuse so the node can log why, and gives it a moment to read it
+    /// and close; the caller closes with [`close::REFUSED`] after.
+    async fn refused(&mut self, refuse: Refuse) -> ConnError {
+        let _ = self.flush().await;
+        if let Some(Some(control)) = self.streams.first_mut() {
+            let _ = control.finish();
+        }
+        let _ = tokio::time::timeout(REFUSE_LINGER, self.conn.closed()).await;
+        ConnError::Refused(refuse)
     }
 
     async fn on_inbound(
@@ -462,7 +591,12 @@ impl Session {
 
 /// Accepts the node's streams for the life of the connection, numbering them in order:
 /// 0 is the control stream.
-async fn accept_streams(conn: quinn::Connection, frame_bytes_max: u32, inbox: mpsc::Sender<Inbound>) {
+async fn accept_streams(
+    conn: quinn::Connection,
+    frame_bytes_max: u32,
+    throttle: Arc<Throttle>,
+    inbox: mpsc::Sender<Inbound>,
+) {
     for index in 0.. {
         let (send, recv) = match conn.accept_bi().await {
             Ok(pair) => pair,
@@ -476,23 +610,28 @@ async fn accept_streams(conn: quinn::Connection, frame_bytes_max: u32, inbox: mp
         }
         let decoder = FrameDecoder::new(frame_bytes_max as usize);
         let span = tracing::debug_span!("stream", index);
-        tokio::spawn(read_stream(recv, decoder, index, inbox.clone()).instrument(span));
+        tokio::spawn(read_stream(recv, decoder, index, throttle.clone(), inbox.clone()).instrument(span));
     }
 }
 
-/// Decodes one stream's frames into the connection's inbox until it ends or fails.
+/// Decodes one stream's frames into the connection's inbox until it ends or fails. Each
+/// read waits for the connection's [`Throttle`] first: what is not read stays with the
+/// node, held back by QUIC flow control.
 async fn read_stream(
     mut recv: quinn::RecvStream,
     mut decoder: FrameDecoder,
     index: usize,
+    throttle: Arc<Throttle>,
     inbox: mpsc::Sender<Inbound>,
 ) {
     let error = 'read: loop {
-        let chunk = match recv.read_chunk(64 * 1024, true).await {
+        let allowed = throttle.grant().await;
+        let chunk = match recv.read_chunk(allowed, true).await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return,
             Err(e) => break 'read ConnError::Lost(e.to_string()),
         };
+        throttle.spend(chunk.bytes.len());
         decoder.push(&chunk.bytes);
         loop {
             match decoder.next_message() {
@@ -508,3 +647,6 @@ async fn read_stream(
     };
     let _ = inbox.send(Inbound::Failed(error)).await;
 }
+
+#[cfg(test)]
+mod tests;

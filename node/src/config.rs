@@ -24,6 +24,12 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Default most events in one array post (API.md).
 pub const DEFAULT_BATCH_EVENTS_MAX: usize = 1_000;
+/// Default most posts in flight at once: enough for hundreds of scanners on keep-alive
+/// connections, while bounding the memory bodies can take.
+pub const DEFAULT_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// Default time a post may take, from its first byte to its answer: scanners retry on a
+/// timeout, and the same `event_id` is then answered from the store.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A duration written as `7d`, `90s` or `250ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +82,19 @@ pub struct Settings {
     /// Most events in one array post. [default: 1000]
     #[arg(long, env = "OUTPOST_BATCH_EVENTS_MAX", value_name = "N")]
     pub batch_events_max: Option<usize>,
+    /// Bytes the store may occupy on disk. Above 80% of it `bulk` events are answered 507,
+    /// above 90% `standard` ones too, and `critical` ones at 100%. [default: what the store
+    /// holds at start-up plus half the free space of its filesystem]
+    #[arg(long, env = "OUTPOST_DISK_QUOTA_BYTES", value_name = "BYTES")]
+    pub disk_quota_bytes: Option<u64>,
+    /// Most posts in flight at once. Bulk posts are answered 429 once half are taken,
+    /// standard ones at three quarters, critical ones only when all are. [default: 256]
+    #[arg(long, env = "OUTPOST_REQUESTS_IN_FLIGHT_MAX", value_name = "N")]
+    pub requests_in_flight_max: Option<usize>,
+    /// Longest a post may take to send its body (408 after) or to be stored (503 after;
+    /// retry with the same event_id). [default: 30s]
+    #[arg(long, env = "OUTPOST_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<HumanDuration>,
     /// Lane of each event kind, overriding the defaults (config file only), such as
     /// `[lanes] transfer = "critical"`.
     #[arg(skip)]
@@ -95,6 +114,9 @@ impl Settings {
             retention: self.retention.or(lower.retention),
             body_bytes_max: self.body_bytes_max.or(lower.body_bytes_max),
             batch_events_max: self.batch_events_max.or(lower.batch_events_max),
+            disk_quota_bytes: self.disk_quota_bytes.or(lower.disk_quota_bytes),
+            requests_in_flight_max: self.requests_in_flight_max.or(lower.requests_in_flight_max),
+            request_timeout: self.request_timeout.or(lower.request_timeout),
             lanes: self.lanes.or(lower.lanes),
         }
     }
@@ -123,6 +145,12 @@ pub struct Config {
     pub body_bytes_max: usize,
     /// Most events per array post.
     pub batch_events_max: usize,
+    /// The disk quota; `None` for the default, measured when the store opens.
+    pub disk_quota_bytes: Option<u64>,
+    /// Most posts in flight.
+    pub requests_in_flight_max: usize,
+    /// Longest a post may take.
+    pub request_timeout: Duration,
     /// Lane of each kind.
     pub lanes: BTreeMap<Kind, Lane>,
 }
@@ -152,6 +180,17 @@ impl Config {
         if batch_events_max == 0 {
             return Err(invalid("batch_events_max", "must be at least 1".into()));
         }
+        let requests_in_flight_max = s.requests_in_flight_max.unwrap_or(DEFAULT_REQUESTS_IN_FLIGHT_MAX);
+        if requests_in_flight_max == 0 {
+            return Err(invalid("requests_in_flight_max", "must be at least 1".into()));
+        }
+        if s.disk_quota_bytes == Some(0) {
+            return Err(invalid("disk_quota_bytes", "must be at least 1".into()));
+        }
+        let request_timeout = s.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0);
+        if request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be longer than zero".into()));
+        }
         Ok(Config {
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             http,
@@ -162,6 +201,9 @@ impl Config {
             retention: s.retention.map_or(DEFAULT_RETENTION, |d| d.0),
             body_bytes_max: s.body_bytes_max.unwrap_or(DEFAULT_BODY_BYTES_MAX),
             batch_events_max,
+            disk_quota_bytes: s.disk_quota_bytes,
+            requests_in_flight_max,
+            request_timeout,
             lanes,
         })
     }

@@ -17,18 +17,27 @@ use sync_protocol::{Batch, Epoch, Event, EventId, Lane, NodeIdentity, Seq, Sku};
 
 use prometheus_client::registry::Registry;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::daemon::metrics_response;
 use crate::digest::{BLOCK_EVENTS, DigestQuery, block_json, seqs_of};
-use crate::ingest::{IngestError, Posted, parse_body};
+use crate::ingest::{IngestError, Posted, ShedReason, parse_body};
 use crate::metrics::NodeMetrics;
 use crate::replicator::SharedLink;
 use crate::replicator::{RepairQueue, RepairRequest};
-use crate::store::{NewEvent, Outcome, Placement, Store, now_ms};
+use crate::store::{Failure, NewEvent, Outcome, Placement, Store, StoreError, now_ms};
+
+/// `Retry-After` of a 507 for the disk quota: space comes back as the backlog drains,
+/// which takes a while.
+pub const RETRY_AFTER_DISK_QUOTA_S: u64 = 30;
+/// `Retry-After` of a 503 or 507 for a write error the store is recovering from.
+pub const RETRY_AFTER_STORE_FAILED_S: u64 = 5;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// The slots of posts in flight.
+    pub admission: Arc<Admission>,
     /// The store.
     pub store: Store,
     /// The configuration.
@@ -73,19 +82,47 @@ impl IntoResponse for IngestError {
         if let Some(field) = self.field() {
             body["field"] = json!(field);
         }
-        (self.status(), Json(body)).into_response()
+        if let Some(retry_after_s) = self.retry_after_s() {
+            body["retry_after_s"] = json!(retry_after_s);
+        }
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(retry_after_s) = self.retry_after_s() {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
+        }
+        response
     }
 }
 
+/// `POST /v1/events`: takes a slot ([`Admission`]), reads the body within the request
+/// timeout, parses it, and appends what is valid.
 async fn post_events(State(state): State<AppState>, body: Body) -> Result<Response, IngestError> {
+    let Some(mut permit) = state.admission.enter() else {
+        state.metrics.requests_overloaded.inc();
+        let retry_after_s = state.admission.retry_after_s(state.store.stats().events_per_sec());
+        return Err(IngestError::Shed {
+            reason: ShedReason::Overload,
+            retry_after_s,
+            message: format!(
+                "all {} request slots are taken; retry after {retry_after_s} s",
+                state.config.requests_in_flight_max
+            ),
+        });
+    };
     let max = state.config.body_bytes_max;
-    let bytes = to_bytes(body, max).await.map_err(|_| IngestError::BodyTooLarge { max })?;
+    let timeout = state.config.request_timeout;
+    let bytes = tokio::time::timeout(timeout, to_bytes(body, max))
+        .await
+        .map_err(|_| IngestError::RequestTimeout { after_ms: timeout.as_millis() as u64 })?
+        .map_err(|_| IngestError::BodyTooLarge { max })?;
     let epoch = state.store.epoch();
-    match parse_body(&bytes, state.config.batch_events_max)? {
+    let posted = parse_body(&bytes, state.config.batch_events_max)?;
+    drop(bytes);
+    match posted {
         Posted::Single(event) => {
             let event = event?;
             let id = event.event_id.clone();
-            let outcome = append(&state, vec![event]).await?.pop();
+            let events = admit(&state, &mut permit, vec![event])?;
+            let outcome = append(&state, events).await?.pop();
             let Some(outcome) = outcome else {
                 return Err(IngestError::Unavailable("the store answered nothing".into()));
             };
@@ -104,21 +141,33 @@ async fn post_events(State(state): State<AppState>, body: Body) -> Result<Respon
                 }
             }
             let ids: Vec<EventId> = valid.iter().map(|e| e.event_id.clone()).collect();
+            let valid = admit(&state, &mut permit, valid)?;
             let mut outcomes = append(&state, valid).await?.into_iter().zip(ids);
+            let mut retry_after_s = None;
             for slot in results.iter_mut().filter(|r| r.is_none()) {
                 if let Some((outcome, id)) = outcomes.next() {
+                    if matches!(outcome, Outcome::Shed { .. }) {
+                        retry_after_s = Some(RETRY_AFTER_DISK_QUOTA_S);
+                    }
                     *slot = Some(item_result(outcome, &id, epoch));
                 }
             }
-            Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
+            let mut response = (StatusCode::OK, Json(json!({"results": results}))).into_response();
+            if let Some(retry_after_s) = retry_after_s {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
+            }
+            Ok(response)
         }
     }
 }
 
-async fn append(state: &AppState, events: Vec<Event>) -> Result<Vec<Outcome>, IngestError> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Gives each event its lane and lets the post go on to the writer, unless the store is
+/// failing or the post's most urgent lane has no room among the posts in flight.
+fn admit(
+    state: &AppState,
+    permit: &mut crate::admission::Permit,
+    events: Vec<Event>,
+) -> Result<Vec<NewEvent>, IngestError> {
     let lanes = &state.config.lanes;
     let events: Vec<NewEvent> = events
         .into_iter()
@@ -127,10 +176,76 @@ async fn append(state: &AppState, events: Vec<Event>) -> Result<Vec<Outcome>, In
             NewEvent { event, lane }
         })
         .collect();
+    let Some(lane) = events.iter().map(|e| e.lane).min_by_key(|lane| *lane as u8) else {
+        return Ok(events);
+    };
+    let shed = |reason: ShedReason, retry_after_s: u64, message: String| {
+        state.metrics.shed(events.iter().map(|e| e.lane), reason);
+        IngestError::Shed { reason, retry_after_s, message }
+    };
+    if let Some(failure) = state.store.health().failure {
+        return Err(shed(failure_reason(&failure), RETRY_AFTER_STORE_FAILED_S, failure.to_string()));
+    }
+    if !state.admission.admit(permit, lane, events.len() as u64) {
+        let retry_after_s = state.admission.retry_after_s(state.store.stats().events_per_sec());
+        let message = format!(
+            "too many posts in flight for the {lane} lane ({} of {} slots taken); retry after {retry_after_s} s",
+            state.admission.requests(),
+            state.config.requests_in_flight_max
+        );
+        return Err(shed(ShedReason::Overload, retry_after_s, message));
+    }
+    Ok(events)
+}
+
+/// The reason a store failure sheds events for.
+fn failure_reason(failure: &Failure) -> ShedReason {
+    match failure {
+        Failure::DiskFull(_) => ShedReason::DiskFull,
+        Failure::Io(_) => ShedReason::StoreFailed,
+    }
+}
+
+/// Appends admitted events and waits for their commit, within the request timeout.
+async fn append(state: &AppState, events: Vec<NewEvent>) -> Result<Vec<Outcome>, IngestError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let lanes: Vec<Lane> = events.iter().map(|e| e.lane).collect();
-    let outcomes = state.store.append(events).await.map_err(|e| IngestError::Unavailable(e.to_string()))?;
+    let timeout = state.config.request_timeout;
+    let appended = tokio::time::timeout(timeout, state.store.append(events)).await.map_err(|_| {
+        IngestError::Unavailable(format!(
+            "the store did not commit within {} ms; retry with the same event_id",
+            timeout.as_millis()
+        ))
+    })?;
+    let outcomes = match appended {
+        Ok(outcomes) => outcomes,
+        Err(StoreError::Failed(failure)) => {
+            let reason = failure_reason(&failure);
+            state.metrics.shed(lanes, reason);
+            return Err(IngestError::Shed {
+                reason,
+                retry_after_s: RETRY_AFTER_STORE_FAILED_S,
+                message: failure.to_string(),
+            });
+        }
+        Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+    };
     state.metrics.count(lanes, &outcomes);
     Ok(outcomes)
+}
+
+/// The 507 of an event shed by the disk quota.
+fn quota_error(lane: Lane, used_bytes: u64, mark_bytes: u64) -> IngestError {
+    IngestError::Shed {
+        reason: ShedReason::DiskQuota,
+        retry_after_s: RETRY_AFTER_DISK_QUOTA_S,
+        message: format!(
+            "disk quota: the store occupies {used_bytes} bytes, at or over the {lane} lane's mark of \
+             {mark_bytes}; retry when replication has made room"
+        ),
+    }
 }
 
 fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Value {
@@ -150,6 +265,7 @@ fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Respo
         Outcome::Duplicate(p) => Ok((StatusCode::OK, Json(accepted(id, p, epoch, true))).into_response()),
         Outcome::Conflict(_) => Err(IngestError::Conflict(id.to_string())),
         Outcome::Invalid { field, reason } => Err(IngestError::InvalidField { field: field.into(), reason }),
+        Outcome::Shed { lane, used_bytes, mark_bytes } => Err(quota_error(lane, used_bytes, mark_bytes)),
     }
 }
 
@@ -165,6 +281,9 @@ fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> Value {
             "invalid",
             &IngestError::InvalidField { field: field.into(), reason },
         ),
+        Outcome::Shed { lane, used_bytes, mark_bytes } => {
+            item_error(Some(id.as_str()), "shed", &quota_error(lane, used_bytes, mark_bytes))
+        }
     }
 }
 
@@ -177,6 +296,9 @@ fn item_error(id: Option<&str>, status: &str, e: &IngestError) -> Value {
     let mut v = json!({"event_id": id, "status": status, "error": e.code(), "message": e.to_string()});
     if let Some(field) = e.field() {
         v["field"] = json!(field);
+    }
+    if let Some(retry_after_s) = e.retry_after_s() {
+        v["retry_after_s"] = json!(retry_after_s);
     }
     v
 }
@@ -221,12 +343,22 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
     let positions = *state.store.positions().borrow();
     let now = now_ms();
     let mut lanes = serde_json::Map::new();
+    let mut read_error = None;
     for lane in Lane::ALL {
         let pos = positions.get(lane);
+        // A store being reopened after a write error cannot be read for a moment; the
+        // rest of the status is still worth answering.
         let oldest = match state.store.oldest_unacked_ms(lane) {
             Ok(oldest) => oldest.map(|t| now.saturating_sub(t)),
-            Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+            Err(e) => {
+                read_error = Some(e.to_string());
+                None
+            }
         };
+        let shed: serde_json::Map<String, Value> = ShedReason::ALL
+            .iter()
+            .map(|&reason| (reason.as_str().to_owned(), json!(state.metrics.shed_count(lane, reason))))
+            .collect();
         lanes.insert(
             lane.as_str().to_owned(),
             json!({
@@ -235,11 +367,17 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
                 "backlog_events": pos.head - pos.acked,
                 "backlog_bytes": pos.backlog_bytes,
                 "oldest_unacked_age_ms": oldest,
+                "accepted": state.metrics.created(lane),
+                "shed": shed,
+                "disk_mark_bytes": state.store.quota().mark(lane),
             }),
         );
     }
     let link = state.link.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let stats = state.store.stats();
+    let health = state.store.health();
+    let quota = state.store.quota();
+    let failure = health.failure.as_ref().map(|f| json!({"error": f.code(), "message": f.to_string()}));
     Ok(json!({
         "node_id": state.identity.node_id.as_str(),
         "region": state.identity.region.as_str(),
@@ -249,7 +387,22 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
         "store": {
             "commits": stats.commits.load(Ordering::Relaxed),
             "events_committed": stats.events.load(Ordering::Relaxed),
-            "disk_bytes": state.store.disk_bytes(),
+            "disk_bytes": state.store.file_bytes(),
+            "failure": failure,
+            "read_error": read_error,
+        },
+        "disk": {
+            "used_bytes": health.used_bytes,
+            "quota_bytes": quota.bytes,
+            "pressure": quota.pressure(health.used_bytes),
+            "pruned_under_pressure": health.pruned_under_pressure,
+            "compactions": health.compactions,
+        },
+        "admission": {
+            "requests_in_flight": state.admission.requests(),
+            "requests_in_flight_max": state.config.requests_in_flight_max,
+            "requests_overloaded": state.metrics.requests_overloaded.get(),
+            "commit_events_per_sec": stats.events_per_sec().round(),
         },
     }))
 }

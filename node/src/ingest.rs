@@ -56,6 +56,60 @@ pub enum IngestError {
     /// The node cannot store anything now (shutting down, or its store failed).
     #[error("node cannot store events now: {0}")]
     Unavailable(String),
+    /// The body did not arrive within `request_timeout`.
+    #[error("the request body did not arrive within {after_ms} ms")]
+    RequestTimeout {
+        /// The limit.
+        after_ms: u64,
+    },
+    /// Not stored because the node is protecting itself; retry after `retry_after_s`.
+    #[error("{message}")]
+    Shed {
+        /// Why.
+        reason: ShedReason,
+        /// Seconds the client should wait, sent as `Retry-After`.
+        retry_after_s: u64,
+        /// What a person should know, with the values involved.
+        message: String,
+    },
+}
+
+/// Why the node sheds an event instead of storing it (API.md: 429, 507, 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// Too many requests in flight for the event's lane (429).
+    Overload,
+    /// The store is over its lane's mark of the disk quota (507).
+    DiskQuota,
+    /// The filesystem under the store is full (507).
+    DiskFull,
+    /// The filesystem refused a write for another reason: read-only, EIO (503).
+    StoreFailed,
+}
+
+impl ShedReason {
+    /// Every reason, for metrics and status.
+    pub const ALL: [ShedReason; 4] =
+        [ShedReason::Overload, ShedReason::DiskQuota, ShedReason::DiskFull, ShedReason::StoreFailed];
+
+    /// The error code of the answer, and the label in metrics and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Overload => "overloaded",
+            ShedReason::DiskQuota => "disk_quota",
+            ShedReason::DiskFull => "disk_full",
+            ShedReason::StoreFailed => "store_failed",
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ShedReason::Overload => StatusCode::TOO_MANY_REQUESTS,
+            ShedReason::DiskQuota | ShedReason::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ShedReason::StoreFailed => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 impl IngestError {
@@ -69,6 +123,8 @@ impl IngestError {
             }
             IngestError::Conflict(_) => StatusCode::CONFLICT,
             IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            IngestError::Shed { reason, .. } => reason.status(),
         }
     }
 
@@ -81,6 +137,8 @@ impl IngestError {
             IngestError::TooManyEvents { .. } => "too_many_events",
             IngestError::Conflict(_) => "event_id_conflict",
             IngestError::Unavailable(_) => "unavailable",
+            IngestError::RequestTimeout { .. } => "request_timeout",
+            IngestError::Shed { reason, .. } => reason.as_str(),
         }
     }
 
@@ -88,6 +146,14 @@ impl IngestError {
     pub fn field(&self) -> Option<&str> {
         match self {
             IngestError::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// Seconds to send as `Retry-After`, for errors that carry one.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            IngestError::Shed { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         }
     }

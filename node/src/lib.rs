@@ -16,8 +16,13 @@
 //! - Per-lane seqs are gapless from 1 within an epoch: the writer assigns them in the
 //!   append transaction (`store::append`).
 //! - An unacknowledged event is never pruned: pruning reads only up to the acked
-//!   watermark (`store::prune`).
+//!   watermark (`store::prune`), under disk pressure too (`store::Writer::relieve_pressure`).
+//! - The store passes its disk quota by at most one group commit: the writer checks each
+//!   lane's mark before every group ([`store::disk`]).
+//! - Memory does not grow with load or backlog: posts in flight are bounded
+//!   ([`admission`]), the writer's queue is bounded, and the backlog stays on disk.
 
+pub mod admission;
 pub mod config;
 pub mod daemon;
 pub mod digest;
@@ -39,10 +44,11 @@ use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use crate::replicator::{LinkStatus, Replicator};
-use crate::store::{Store, now_ms};
+use crate::store::{Quota, Store, now_ms};
 
 /// Repairs (`POST /v1/reconcile/repair`) waiting for the replicator at most.
 const REPAIRS_QUEUED_MAX: usize = 16;
@@ -64,14 +70,19 @@ pub async fn run(
     let store_err = |reason: String| NodeError::Store { dir: dir.clone(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let node_id = creds.identity.node_id.clone();
-    let store = Store::open(&config.data_dir, node_id, || StdRng::from_os_rng().random())
-        .map_err(|e| store_err(e.to_string()))?;
+    let new_epoch = || StdRng::from_os_rng().random();
+    let store = match config.disk_quota_bytes {
+        Some(bytes) => Store::open_with_quota(&config.data_dir, node_id, new_epoch, Quota { bytes }),
+        None => Store::open(&config.data_dir, node_id, new_epoch),
+    }
+    .map_err(|e| store_err(e.to_string()))?;
     tracing::info!(
         node_id = %creds.identity.node_id,
         region = %creds.identity.region,
         epoch = %store.epoch(),
         relays = ?config.relays,
         http = %config.http,
+        disk_quota_bytes = store.quota().bytes,
         "node started"
     );
 
@@ -93,7 +104,9 @@ pub async fn run(
 
     let config = Arc::new(config);
     let registry = Arc::new(metrics.registry(store.clone(), link.clone()));
+    let admission = Admission::new(config.requests_in_flight_max);
     let app = http::router(http::AppState {
+        admission,
         store: store.clone(),
         config,
         identity: creds.identity,
@@ -157,11 +170,29 @@ pub fn status_text(s: &serde_json::Value) -> String {
         );
     }
     let st = &s["store"];
+    let _ = writeln!(out, "store: {} events in {} commits", st["events_committed"], st["commits"]);
+    let disk = &s["disk"];
     let _ = writeln!(
         out,
-        "store: {} events in {} commits, {} bytes on disk",
-        st["events_committed"], st["commits"], st["disk_bytes"]
+        "disk: {} of a {}-byte quota used ({})",
+        disk["used_bytes"],
+        disk["quota_bytes"],
+        str_of(&disk["pressure"])
     );
+    if let Some(message) = st["failure"]["message"].as_str() {
+        let _ = writeln!(out, "  store failing: {message}");
+    }
+    for lane in ["critical", "standard", "bulk"] {
+        let Some(shed) = s["lanes"][lane]["shed"].as_object() else { continue };
+        let counts: Vec<String> = shed
+            .iter()
+            .filter(|(_, n)| n.as_u64() > Some(0))
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !counts.is_empty() {
+            let _ = writeln!(out, "  {lane} shed: {}", counts.join(", "));
+        }
+    }
     out
 }
 

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use sync_protocol::Lane;
 
+use crate::ingest::ShedReason;
 use crate::replicator::{LinkState, SharedLink};
 use crate::store::{Outcome, Store, now_ms};
 
@@ -30,6 +31,15 @@ pub struct EventLabels {
     pub lane: &'static str,
     /// What became of it.
     pub outcome: &'static str,
+}
+
+/// The `lane` and `reason` labels of a shed event; both from closed sets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// The lane.
+    pub lane: &'static str,
+    /// Why it was shed ([`ShedReason::as_str`]).
+    pub reason: &'static str,
 }
 
 /// The `lane` label alone.
@@ -44,6 +54,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::Duplicate(_) => "duplicate",
         Outcome::Conflict(_) => "conflict",
         Outcome::Invalid { .. } => "invalid",
+        Outcome::Shed { .. } => "shed",
     }
 }
 
@@ -53,6 +64,10 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 pub struct NodeMetrics {
     /// Posted events by lane and outcome.
     pub events: Family<EventLabels, Counter>,
+    /// Events shed by lane and reason.
+    pub shed: Family<ShedLabels, Counter>,
+    /// Posts refused before their body was read: every request slot was taken.
+    pub requests_overloaded: Counter,
     /// Seconds from writing a batch to the relay to its acknowledgement (the relay's
     /// fsync included), moved by the replicator.
     pub replication_seconds: Histogram,
@@ -62,6 +77,8 @@ impl Default for NodeMetrics {
     fn default() -> Self {
         Self {
             events: Family::default(),
+            shed: Family::default(),
+            requests_overloaded: Counter::default(),
             // 1 ms to about 65 s.
             replication_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         }
@@ -72,10 +89,31 @@ impl NodeMetrics {
     /// Counts the outcomes of events posted to `lanes`, in the same order.
     pub fn count(&self, lanes: impl IntoIterator<Item = Lane>, outcomes: &[Outcome]) {
         for (lane, outcome) in lanes.into_iter().zip(outcomes) {
+            if let Outcome::Shed { .. } = outcome {
+                self.shed(Some(lane), ShedReason::DiskQuota);
+                continue;
+            }
             self.events
                 .get_or_create(&EventLabels { lane: lane.as_str(), outcome: outcome_label(outcome) })
                 .inc();
         }
+    }
+
+    /// Counts events of `lanes` shed for `reason`.
+    pub fn shed(&self, lanes: impl IntoIterator<Item = Lane>, reason: ShedReason) {
+        for lane in lanes {
+            self.shed.get_or_create(&ShedLabels { lane: lane.as_str(), reason: reason.as_str() }).inc();
+        }
+    }
+
+    /// Events of `lane` stored since start.
+    pub fn created(&self, lane: Lane) -> u64 {
+        self.events.get_or_create(&EventLabels { lane: lane.as_str(), outcome: "created" }).get()
+    }
+
+    /// Events of `lane` shed for `reason` since start.
+    pub fn shed_count(&self, lane: Lane, reason: ShedReason) -> u64 {
+        self.shed.get_or_create(&ShedLabels { lane: lane.as_str(), reason: reason.as_str() }).get()
     }
 
     /// The registry `/metrics` encodes: these metrics, the writer's, and the levels read
@@ -83,6 +121,18 @@ impl NodeMetrics {
     pub fn registry(&self, store: Store, link: SharedLink) -> Registry {
         let mut registry = Registry::with_prefix("outpost_node");
         registry.register("events", "Posted events by lane and outcome", self.events.clone());
+        // Every series exists from the start, so that a rate over a shed counter starts at 0.
+        for lane in Lane::ALL {
+            for reason in ShedReason::ALL {
+                self.shed_count(lane, reason);
+            }
+        }
+        registry.register("shed", "Events not stored, by lane and reason (429, 507, 503)", self.shed.clone());
+        registry.register(
+            "requests_overloaded",
+            "Posts answered 429 before their body was read: every request slot was taken",
+            self.requests_overloaded.clone(),
+        );
         let stats = store.stats();
         registry.register_with_unit(
             "commit",
@@ -151,10 +201,39 @@ impl Collector for Levels {
         gauge(
             &mut encoder,
             "store",
-            "Size of the store file",
+            "Length of the store file (extended ahead of use, sparsely)",
             Some(&Unit::Bytes),
-            self.store.disk_bytes() as i64,
+            self.store.file_bytes() as i64,
         )?;
+        let health = self.store.health();
+        gauge(
+            &mut encoder,
+            "store_disk_used",
+            "Bytes the store file occupies on disk",
+            Some(&Unit::Bytes),
+            health.used_bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "store_disk_quota",
+            "The store's disk quota (bulk is shed above 80%, standard above 90%)",
+            Some(&Unit::Bytes),
+            self.store.quota().bytes as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "store_failed",
+            "1 while the store recovers from a write error (disk full, read-only, EIO)",
+            None,
+            i64::from(health.failure.is_some()),
+        )?;
+        counter(
+            &mut encoder,
+            "store_pruned_under_pressure",
+            "Acknowledged events pruned before their retention ended, to make room",
+            health.pruned_under_pressure,
+        )?;
+        counter(&mut encoder, "store_compactions", "Compactions under disk pressure", health.compactions)?;
         let stats = self.store.stats();
         counter(&mut encoder, "commits", "Store commits that appended events", stats.commits.load(Relaxed))?;
         counter(

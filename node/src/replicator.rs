@@ -8,8 +8,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use rand::SeedableRng;
@@ -134,7 +135,7 @@ pub type RepairQueue = mpsc::Sender<RepairRequest>;
 /// How long a dial may take before it is abandoned for the next. Without it a dial to a
 /// relay that is down waits out the whole idle timeout, and the link would come back up
 /// to that long after the relay did.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Ended {
     Shutdown,
@@ -210,7 +211,7 @@ impl Replicator {
         conn.close(code.into(), reason);
         endpoint.close(code.into(), reason);
         // Give the close frame a moment to leave; a relay that is gone does not answer.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
         result
     }
 
@@ -254,7 +255,9 @@ impl Replicator {
             sender.handle_appended(lane, pos.head);
         }
         sender.handle_connected(Instant::now());
-        let mut lanes: PerLane<Option<quinn::SendStream>> = PerLane::default();
+        let mut lanes: PerLane<Option<LaneWriter>> = PerLane::default();
+        let mut aging = tokio::time::interval(AGING_CHECK_INTERVAL);
+        aging.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repairs = self.repairs.lock().await;
         // Replies to the repairs sent on this connection, in the order they were sent.
         let mut awaiting: VecDeque<oneshot::Sender<Repaired>> = VecDeque::new();
@@ -282,6 +285,14 @@ impl Replicator {
                     }
                 }
                 Some(request) = repairs.recv(), if sender.is_ready() => repair = Some(request),
+                _ = aging.tick() => {
+                    for (lane, writer) in lanes.iter() {
+                        let oldest = sent.get(lane).front().map(|&(_, at)| at.elapsed());
+                        if let Some(writer) = writer {
+                            writer.aged.store(oldest.is_some_and(|age| age > AGING_AFTER), Ordering::Relaxed);
+                        }
+                    }
+                }
                 e = conn.closed() => return Err(connection_closed(e)),
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(Ended::Shutdown),
             }
@@ -299,7 +310,7 @@ impl Replicator {
         sender: &mut Sender,
         conn: &quinn::Connection,
         control: &mut quinn::SendStream,
-        lanes: &mut PerLane<Option<quinn::SendStream>>,
+        lanes: &mut PerLane<Option<LaneWriter>>,
         inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
         sent: &mut PerLane<VecDeque<(u64, Instant)>>,
     ) -> Result<(), ReplicateError> {
@@ -319,12 +330,14 @@ impl Replicator {
                              the relay lost them and they cannot be resent"
                         ))));
                     }
-                    let stream = match lanes.get_mut(lane) {
-                        Some(stream) => stream,
+                    let writer = match lanes.get_mut(lane) {
+                        Some(writer) => writer,
                         slot => slot.insert(open_lane(conn, lane, inbox).await?),
                     };
                     let frame = Message::Batch(Batch { lane, first_seq, events }).encode();
-                    stream.write_all(&frame).await.map_err(write_err)?;
+                    if writer.frames.send(frame).is_err() {
+                        return Err(ReplicateError::Lost(format!("the {lane} stream's writer stopped")));
+                    }
                     let last = first_seq.get() + u64::from(count).saturating_sub(1);
                     sent.get_mut(lane).push_back((last, Instant::now()));
                 }
@@ -407,24 +420,110 @@ impl Replicator {
     }
 }
 
-/// Opens the stream of `lane` with its priority and starts reading its acks.
+/// A batch whose acknowledgement has been awaited longer than this raises its lane's
+/// stream to the top priority until the acknowledgement comes, so that a lane below
+/// others is slowed by them but never starved (see [`write_frames`]).
+pub const AGING_AFTER: Duration = Duration::from_secs(2);
+/// How often the session compares the lanes' oldest batches with [`AGING_AFTER`].
+const AGING_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// The priority of an aged lane: that of `critical`, with which it then shares the link.
+const AGED_PRIORITY: i32 = 2;
+
+/// The QUIC stream priority of `lane`: higher numbers are sent first, so critical goes
+/// before standard before bulk.
+fn lane_priority(lane: Lane) -> i32 {
+    match lane {
+        Lane::Critical => 2,
+        Lane::Standard => 1,
+        Lane::Bulk => 0,
+    }
+}
+
+/// The sending half of a lane's stream: frames go to the task that writes them, so a lane
+/// waiting on flow control holds up no other lane.
+struct LaneWriter {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    /// Set by the session while the lane's oldest batch is older than [`AGING_AFTER`].
+    aged: Arc<AtomicBool>,
+}
+
+/// Opens the stream of `lane` with its priority, and starts its writer and the reader of
+/// its acks. The writer's queue holds at most the sender's window of batches.
 async fn open_lane(
     conn: &quinn::Connection,
     lane: Lane,
     inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
-) -> Result<quinn::SendStream, ReplicateError> {
+) -> Result<LaneWriter, ReplicateError> {
     let (send, recv) = conn.open_bi().await.map_err(|e| ReplicateError::Lost(e.to_string()))?;
-    // Higher numbers are sent first: critical before standard before bulk.
-    let priority = match lane {
-        Lane::Critical => 2,
-        Lane::Standard => 1,
-        Lane::Bulk => 0,
-    };
-    send.set_priority(priority).map_err(|e| ReplicateError::Lost(e.to_string()))?;
-    tokio::spawn(
-        read_frames(recv, inbox.clone()).instrument(tracing::debug_span!("lane", lane = lane.as_str())),
-    );
-    Ok(send)
+    send.set_priority(lane_priority(lane)).map_err(|e| ReplicateError::Lost(e.to_string()))?;
+    let span = tracing::debug_span!("lane", lane = lane.as_str());
+    tokio::spawn(read_frames(recv, inbox.clone()).instrument(span.clone()));
+    let (frames, queued) = mpsc::unbounded_channel();
+    let aged = Arc::new(AtomicBool::new(false));
+    tokio::spawn(write_frames(send, lane, queued, aged.clone(), inbox.clone()).instrument(span));
+    Ok(LaneWriter { frames, aged })
+}
+
+/// Writes a lane's frames in order until the session drops its queue, then finishes the
+/// stream. Between writes, and while a write waits for flow control, it keeps the
+/// stream's priority current: the lane's own, or [`AGED_PRIORITY`] while it is aged.
+///
+/// The policy, then: on the wire critical goes first, standard second, bulk last; each
+/// lane has its own window of batches in flight, so none waits for another's acks; and a
+/// lane whose oldest batch has waited over [`AGING_AFTER`] shares the top priority until
+/// it is acknowledged, so bulk is slowed by a busy critical lane but never starved.
+async fn write_frames(
+    mut send: quinn::SendStream,
+    lane: Lane,
+    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    aged: Arc<AtomicBool>,
+    inbox: mpsc::UnboundedSender<Result<Message, ReplicateError>>,
+) {
+    enum Step {
+        Queued(Option<Vec<u8>>),
+        Wrote(Result<usize, quinn::WriteError>),
+        Tick,
+    }
+    let mut priority = lane_priority(lane);
+    let mut tick = tokio::time::interval(AGING_CHECK_INTERVAL);
+    let mut pending: Option<(Vec<u8>, usize)> = None;
+    loop {
+        let wanted = if aged.load(Ordering::Relaxed) { AGED_PRIORITY } else { lane_priority(lane) };
+        if wanted != priority && send.set_priority(wanted).is_ok() {
+            priority = wanted;
+        }
+        // `write` is cancel-safe: a write that loses the race to the tick wrote nothing.
+        let step = match &pending {
+            Some((frame, written)) => tokio::select! {
+                wrote = send.write(&frame[*written..]) => Step::Wrote(wrote),
+                _ = tick.tick() => Step::Tick,
+            },
+            None => tokio::select! {
+                frame = queued.recv() => Step::Queued(frame),
+                _ = tick.tick() => Step::Tick,
+            },
+        };
+        match step {
+            Step::Queued(Some(frame)) => pending = Some((frame, 0)),
+            Step::Queued(None) => {
+                let _ = send.finish();
+                return;
+            }
+            Step::Wrote(Ok(n)) => {
+                if let Some((frame, written)) = &mut pending {
+                    *written += n;
+                    if *written == frame.len() {
+                        pending = None;
+                    }
+                }
+            }
+            Step::Wrote(Err(e)) => {
+                let _ = inbox.send(Err(ReplicateError::Lost(e.to_string())));
+                return;
+            }
+            Step::Tick => {}
+        }
+    }
 }
 
 /// Reads frames from a stream into the session's inbox until the stream ends.

@@ -21,6 +21,12 @@
 //! The idempotency lookup, the append and the new head are one transaction, so a crash
 //! leaves either all of a request's events or none of them.
 //!
+//! A write error from the operating system (a full disk, a read-only filesystem, EIO)
+//! fails the whole group: none of it is stored and every request of it gets the error.
+//! redb refuses further writes after one, so the writer answers everything with the
+//! failure until a probe write to the directory succeeds, then reopens the file and
+//! carries on; see [`disk`] for the quota and the shedding of lanes under it.
+//!
 //! Acknowledgements are recorded with [`Durability::None`]: they become durable with the
 //! next appending commit. Losing one to a crash costs a resend of events the relay skips
 //! by its watermark, and the relay's Welcome corrects the value on reconnect.
@@ -33,7 +39,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -43,6 +49,10 @@ use sync_protocol::{Epoch, Event, EventId, InventoryUpdate, Lane, NodeId, PerLan
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digest::{BlockDigest, block_of, seqs_of};
+
+pub mod disk;
+
+pub use disk::{Failure, Pressure, Quota};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
@@ -68,6 +78,13 @@ pub const QUEUE_COMMANDS_MAX: usize = 4_096;
 pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most events removed by one prune pass, so pruning never holds the writer for long.
 pub const PRUNE_EVENTS_MAX: usize = 10_000;
+/// How often the writer tries to reopen the store after a write error.
+pub const RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Shortest time between two compactions under disk pressure: each one holds the writer
+/// for a time that grows with what the store holds.
+pub const COMPACTION_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most compaction passes in one go (redb moves pages in passes until none can move).
+const COMPACTION_PASSES_MAX: usize = 8;
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +113,9 @@ pub enum StoreError {
     /// The group commit that held this request failed; nothing of the group was stored.
     #[error("commit failed, nothing of it was stored: {0}")]
     CommitFailed(String),
+    /// The filesystem refused a write; nothing of the group was stored (see [`Failure`]).
+    #[error(transparent)]
+    Failed(#[from] Failure),
     /// The writer thread is gone (shutdown, or a previous fatal error).
     #[error("store is closed")]
     Closed,
@@ -140,6 +160,15 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// Not stored: the store is over its lane's mark of the disk quota.
+    Shed {
+        /// The event's lane.
+        lane: Lane,
+        /// Bytes the store occupied when its group was committed.
+        used_bytes: u64,
+        /// The mark of `lane`.
+        mark_bytes: u64,
+    },
 }
 
 /// An event to append, with the lane the configuration gives its kind.
@@ -180,6 +209,25 @@ pub struct WriterStats {
     pub commit_seconds: Histogram,
     /// Events per commit that appended events.
     pub events_per_commit: Histogram,
+    /// Recent commit throughput in events per second (an `f64`'s bits), for the
+    /// `Retry-After` of shed requests.
+    events_per_sec_bits: AtomicU64,
+}
+
+impl WriterStats {
+    /// Recent commit throughput in events per second; 0 before the first commit.
+    pub fn events_per_sec(&self) -> f64 {
+        f64::from_bits(self.events_per_sec_bits.load(Ordering::Relaxed))
+    }
+
+    /// Folds a commit of `events` that took `seconds` into the throughput, weighting the
+    /// newest commit a fifth.
+    fn observe_rate(&self, events: u64, seconds: f64) {
+        let sample = events as f64 / seconds.max(1e-6);
+        let old = self.events_per_sec();
+        let new = if old == 0.0 { sample } else { 0.8 * old + 0.2 * sample };
+        self.events_per_sec_bits.store(new.to_bits(), Ordering::Relaxed);
+    }
 }
 
 impl Default for WriterStats {
@@ -191,15 +239,50 @@ impl Default for WriterStats {
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             // 1 to 16,384 events.
             events_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+            events_per_sec_bits: AtomicU64::default(),
         }
+    }
+}
+
+/// How the store stands with the disk, published by the writer after each commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Bytes the store file occupies on disk.
+    pub used_bytes: u64,
+    /// The write error the store is recovering from, if any.
+    pub failure: Option<Failure>,
+    /// Acknowledged events pruned before their retention ended, to make room.
+    pub pruned_under_pressure: u64,
+    /// Compactions done to give pruned space back to the filesystem.
+    pub compactions: u64,
+}
+
+/// The open database: replaced when the writer reopens the file after a write error, and
+/// borrowed exclusively to compact it. Readers hold the read lock for one read.
+struct Slot(RwLock<Option<Database>>);
+
+impl Slot {
+    /// Runs `f` on the open database, or fails while it is being reopened.
+    fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Failed(Failure::Io("the store is being reopened".into()))),
+        }
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Option<Database>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// A handle to the store: cheap to clone, usable from any task.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<Slot>,
     path: PathBuf,
+    quota: Quota,
+    health: watch::Receiver<Health>,
     epoch: Epoch,
     commands: mpsc::Sender<Command>,
     positions: watch::Receiver<PerLane<LanePosition>>,
@@ -211,23 +294,43 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `dir`, creating it (with a new random epoch) if it does not
-    /// exist, and starts the writer thread.
+    /// Opens the store in `dir` with the default quota ([`disk::default_quota`]).
     pub fn open(dir: &Path, node_id: NodeId, new_epoch: impl FnOnce() -> u64) -> Result<Store, StoreError> {
+        let used = disk::used_bytes(&dir.join(STORE_FILE));
+        let quota = disk::default_quota(dir, used).map_err(|e| Failure::of_io(&e))?;
+        Store::open_with_quota(dir, node_id, new_epoch, quota)
+    }
+
+    /// Opens the store in `dir`, creating it (with a new random epoch) if it does not
+    /// exist, and starts the writer thread; the store sheds lanes by `quota`.
+    pub fn open_with_quota(
+        dir: &Path,
+        node_id: NodeId,
+        new_epoch: impl FnOnce() -> u64,
+        quota: Quota,
+    ) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
-        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).db()?;
+        let db = open_db(&path)?;
         let epoch = init_meta(&db, &path, new_epoch)?;
         let positions = load_positions(&db)?;
         let (inventory, version) = load_inventory(&db)?;
         let actor = Actor { node_id, epoch };
         let inventory = Arc::new(RwLock::new(inventory));
-        let db = Arc::new(db);
+        let db = Arc::new(Slot(RwLock::new(Some(db))));
+        let health = Health { used_bytes: disk::used_bytes(&path), ..Health::default() };
+        let (health_tx, health_rx) = watch::channel(health);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let (positions_tx, positions_rx) = watch::channel(positions);
         let (version_tx, version_rx) = watch::channel(version);
         let stats = Arc::new(WriterStats::default());
         let writer = Writer {
             db: db.clone(),
+            path: path.clone(),
+            dir: dir.to_owned(),
+            quota,
+            health: health_tx,
+            pruned_since_compaction: 0,
+            last_compaction: Instant::now().checked_sub(COMPACTION_INTERVAL_MIN).unwrap_or_else(Instant::now),
             positions: positions_tx,
             stats: stats.clone(),
             actor: actor.clone(),
@@ -241,6 +344,8 @@ impl Store {
         Ok(Store {
             db,
             path,
+            quota,
+            health: health_rx,
             epoch,
             commands,
             positions: positions_rx,
@@ -316,21 +421,27 @@ impl Store {
 
     /// Up to `count` consecutive records of `lane` from `first`.
     pub fn read_range(&self, lane: Lane, first: Seq, count: u32) -> Result<Vec<Record>, StoreError> {
-        let txn = self.db.begin_read().db()?;
-        let table = txn.open_table(EVENTS).db()?;
-        let start = (lane as u8, first.get());
-        let end = (lane as u8, first.get().saturating_add(u64::from(count)));
-        let mut out = Vec::with_capacity(count as usize);
-        for entry in table.range(start..end).db()? {
-            let (key, value) = entry.db()?;
-            out.push(decode_record(lane, key.value().1, value.value())?);
-        }
-        Ok(out)
+        self.db.read(|db| {
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(EVENTS).db()?;
+            let start = (lane as u8, first.get());
+            let end = (lane as u8, first.get().saturating_add(u64::from(count)));
+            let mut out = Vec::with_capacity(count as usize);
+            for entry in table.range(start..end).db()? {
+                let (key, value) = entry.db()?;
+                out.push(decode_record(lane, key.value().1, value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// The event stored under `event_id`, with where it sits.
     pub fn get(&self, event_id: &EventId) -> Result<Option<(Placement, Record)>, StoreError> {
-        let txn = self.db.begin_read().db()?;
+        self.db.read(|db| Self::get_in(db, event_id))
+    }
+
+    fn get_in(db: &Database, event_id: &EventId) -> Result<Option<(Placement, Record)>, StoreError> {
+        let txn = db.begin_read().db()?;
         let ids = txn.open_table(IDS).db()?;
         let Some((lane, seq)) = ids.get(event_id.as_str()).db()?.map(|v| v.value()) else {
             return Ok(None);
@@ -353,7 +464,16 @@ impl Store {
         from_block: u64,
         limit: usize,
     ) -> Result<(LanePosition, Vec<(u64, BlockDigest)>), StoreError> {
-        let txn = self.db.begin_read().db()?;
+        self.db.read(|db| Self::digests_in(db, lane, from_block, limit))
+    }
+
+    fn digests_in(
+        db: &Database,
+        lane: Lane,
+        from_block: u64,
+        limit: usize,
+    ) -> Result<(LanePosition, Vec<(u64, BlockDigest)>), StoreError> {
+        let txn = db.begin_read().db()?;
         let (head, acked, backlog_bytes) =
             txn.open_table(LANES).db()?.get(lane as u8).db()?.map_or((0, 0, 0), |v| v.value());
         let table = txn.open_table(DIGESTS).db()?;
@@ -372,15 +492,30 @@ impl Store {
         if pos.head <= pos.acked {
             return Ok(None);
         }
-        let txn = self.db.begin_read().db()?;
-        let table = txn.open_table(EVENTS).db()?;
-        let record = table.get((lane as u8, pos.acked + 1)).db()?;
-        record.map(|v| decode_record(lane, pos.acked + 1, v.value()).map(|r| r.received_at_ms)).transpose()
+        self.db.read(|db| {
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(EVENTS).db()?;
+            let record = table.get((lane as u8, pos.acked + 1)).db()?;
+            record
+                .map(|v| decode_record(lane, pos.acked + 1, v.value()).map(|r| r.received_at_ms))
+                .transpose()
+        })
     }
 
-    /// Size of the store file in bytes.
-    pub fn disk_bytes(&self) -> u64 {
+    /// Length of the store file in bytes (redb extends it ahead of use, sparsely; see
+    /// [`Health::used_bytes`] for what it occupies).
+    pub fn file_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// The disk quota and its marks.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// How the store stands with the disk, as of the last commit.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
     }
 
     /// Stops the writer after the commands already queued, and waits for it.
@@ -393,6 +528,10 @@ impl Store {
             let _ = handle.join();
         }
     }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).db()
 }
 
 fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Result<Epoch, StoreError> {
@@ -481,7 +620,14 @@ pub fn now_ms() -> u64 {
 }
 
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<Slot>,
+    path: PathBuf,
+    dir: PathBuf,
+    quota: Quota,
+    health: watch::Sender<Health>,
+    /// Events pruned under pressure whose space no compaction has given back yet.
+    pruned_since_compaction: u64,
+    last_compaction: Instant,
     positions: watch::Sender<PerLane<LanePosition>>,
     stats: Arc<WriterStats>,
     actor: Actor,
@@ -545,8 +691,20 @@ fn split(command: Command) -> (Op, Reply) {
     }
 }
 
+impl Reply {
+    /// Answers `error` (a `RecordAck` has no one to answer).
+    fn fail(self, error: StoreError) {
+        match self {
+            Reply::Append(tx) => drop(tx.send(Err(error))),
+            Reply::Prune(tx) => drop(tx.send(Err(error))),
+            Reply::Merge(tx) => drop(tx.send(Err(error))),
+            Reply::None => {}
+        }
+    }
+}
+
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Command>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
             let mut events = group_events(&first);
             let mut group = vec![first];
@@ -555,7 +713,131 @@ impl Writer {
                 events += group_events(&next);
                 group.push(next);
             }
-            self.commit_group(group);
+            let failure = self.health.borrow().failure.clone();
+            match failure {
+                Some(failure) => refuse(group, &failure),
+                None => {
+                    self.commit_group(group);
+                    self.relieve_pressure();
+                }
+            }
+            // Admission refuses posts while the store is failing, so recovery cannot wait
+            // for the next command: it starts now.
+            if self.health.borrow().failure.is_some() {
+                self.recover(&mut rx);
+            }
+        }
+    }
+
+    /// After a write error: answers every command with the failure until a probe write to
+    /// the directory succeeds and the store reopens, trying every [`RECOVERY_INTERVAL`].
+    fn recover(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        loop {
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::info!(path = %self.path.display(), "store reopened after a write error; storing again");
+                    return;
+                }
+                Err(failure) => {
+                    self.health.send_if_modified(|h| replace_if_changed(&mut h.failure, Some(failure)));
+                }
+            }
+            std::thread::sleep(RECOVERY_INTERVAL);
+            let Some(failure) = self.health.borrow().failure.clone() else { return };
+            loop {
+                match rx.try_recv() {
+                    Ok(command) => refuse(vec![command], &failure),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            }
+        }
+    }
+
+    /// Closes the failed database and opens the file again, once a probe write passes.
+    /// redb repairs what the failed commit left; the positions are read back from the file
+    /// (an acknowledgement recorded without fsync may be lost, which is harmless).
+    fn reopen(&mut self) -> Result<(), Failure> {
+        disk::probe(&self.dir)?;
+        let mut slot = self.db.write();
+        // The old handle holds the file lock: close it before opening again.
+        *slot = None;
+        let reopened = open_db(&self.path).and_then(|db| Ok((load_positions(&db)?, db)));
+        let (positions, db) = reopened.map_err(|e| failure_of(&e))?;
+        *slot = Some(db);
+        drop(slot);
+        self.positions.send_replace(positions);
+        let used_bytes = disk::used_bytes(&self.path);
+        self.health.send_modify(|h| {
+            h.failure = None;
+            h.used_bytes = used_bytes;
+        });
+        Ok(())
+    }
+
+    /// Above the bulk mark: prunes acknowledged events, oldest first whatever their
+    /// retention, and compacts the file so the filesystem gets the space back.
+    /// Unacknowledged events are never pruned.
+    fn relieve_pressure(&mut self) {
+        let used_bytes = disk::used_bytes(&self.path);
+        self.health.send_if_modified(|h| replace_if_changed(&mut h.used_bytes, used_bytes));
+        if self.quota.admits(Lane::Bulk, used_bytes) {
+            return;
+        }
+        let (reply, mut pruned) = oneshot::channel();
+        self.commit_group(vec![Command::Prune { received_before_ms: u64::MAX, reply }]);
+        if let Ok(Ok(n)) = pruned.try_recv()
+            && n > 0
+        {
+            self.pruned_since_compaction += n;
+            self.health.send_modify(|h| h.pruned_under_pressure += n);
+            tracing::warn!(
+                events = n,
+                used_bytes,
+                quota_bytes = self.quota.bytes,
+                "disk quota pressure: pruned acknowledged events before their retention ended"
+            );
+        }
+        if self.pruned_since_compaction > 0 && self.last_compaction.elapsed() >= COMPACTION_INTERVAL_MIN {
+            self.compact(used_bytes);
+        }
+    }
+
+    /// Moves the store's pages down and truncates the file.
+    fn compact(&mut self, used_before: u64) {
+        let started = Instant::now();
+        let mut slot = self.db.write();
+        let Some(db) = slot.as_mut() else { return };
+        let mut result = Ok(());
+        for _ in 0..COMPACTION_PASSES_MAX {
+            match db.compact() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    result = Err(redb::Error::from(e));
+                    break;
+                }
+            }
+        }
+        drop(slot);
+        self.last_compaction = Instant::now();
+        match result {
+            Ok(()) => {
+                self.pruned_since_compaction = 0;
+                let used_bytes = disk::used_bytes(&self.path);
+                self.health.send_modify(|h| {
+                    h.compactions += 1;
+                    h.used_bytes = used_bytes;
+                });
+                tracing::info!(used_before, used_bytes, took = ?started.elapsed(), "compacted the store");
+            }
+            Err(e) => match Failure::of(&e) {
+                Some(failure) => {
+                    tracing::error!(error = %e, "compaction failed on a write error");
+                    self.health.send_modify(|h| h.failure = Some(failure));
+                }
+                None => tracing::warn!(error = %e, "compaction failed; will try again"),
+            },
         }
     }
 
@@ -565,8 +847,17 @@ impl Writer {
         let mut appended = 0u64;
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let mut overlay = Overlay { replica: &replica, changed: Inventory::new(), version: None };
+        let used_bytes = disk::used_bytes(&self.path);
         let started = Instant::now();
-        let result = self.apply(ops, &mut positions, &mut overlay, &mut appended);
+        let result = self.db.read(|db| {
+            let mut group = Group {
+                positions: &mut positions,
+                overlay: &mut overlay,
+                appended: &mut appended,
+                used_bytes,
+            };
+            self.apply(db, ops, &mut group)
+        });
         let took = started.elapsed();
         let Overlay { changed, version, .. } = overlay;
         drop(replica);
@@ -577,6 +868,7 @@ impl Writer {
                     self.stats.events.fetch_add(appended, Ordering::Relaxed);
                     self.stats.commit_seconds.observe(took.as_secs_f64());
                     self.stats.events_per_commit.observe(appended as f64);
+                    self.stats.observe_rate(appended, took.as_secs_f64());
                 }
                 if !changed.is_empty() {
                     // The overlay holds each touched key's whole new state, so the join
@@ -598,30 +890,29 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; every request of the group gets an error");
+                let failure = match &e {
+                    StoreError::Redb(e) => Failure::of(e),
+                    StoreError::Failed(failure) => Some(failure.clone()),
+                    _ => None,
+                };
+                if let Some(failure) = &failure {
+                    self.health.send_modify(|h| h.failure = Some(failure.clone()));
+                }
                 let message = e.to_string();
                 for reply in replies {
-                    let err = StoreError::CommitFailed(message.clone());
-                    match reply {
-                        Reply::Append(tx) => drop(tx.send(Err(err))),
-                        Reply::Prune(tx) => drop(tx.send(Err(err))),
-                        Reply::Merge(tx) => drop(tx.send(Err(err))),
-                        Reply::None => {}
-                    }
+                    reply.fail(match &failure {
+                        Some(failure) => StoreError::Failed(failure.clone()),
+                        None => StoreError::CommitFailed(message.clone()),
+                    });
                 }
             }
         }
     }
 
-    /// Applies a group in one transaction. `positions` and `overlay` become the published
+    /// Applies a group in one transaction. Its positions and overlay become the published
     /// state only if the commit succeeds.
-    fn apply(
-        &self,
-        ops: Vec<Op>,
-        positions: &mut PerLane<LanePosition>,
-        overlay: &mut Overlay<'_>,
-        appended: &mut u64,
-    ) -> Result<Vec<Done>, StoreError> {
-        let mut txn = self.db.begin_write().db()?;
+    fn apply(&self, db: &Database, ops: Vec<Op>, group: &mut Group<'_, '_>) -> Result<Vec<Done>, StoreError> {
+        let mut txn = db.begin_write().db()?;
         let durable = ops.iter().any(|op| !matches!(op, Op::RecordAck { .. }));
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).db()?;
         let mut done = Vec::with_capacity(ops.len());
@@ -635,10 +926,10 @@ impl Writer {
                     Op::Append(batch) => {
                         let mut tables = Tables { events: &mut events, ids: &mut ids, digests: &mut digests };
                         let at = received_at_ms;
-                        Done::Append(self.append(&mut tables, positions, overlay, batch, at, appended)?)
+                        Done::Append(self.append(&mut tables, group, batch, at)?)
                     }
                     Op::RecordAck { lane, through } => {
-                        let pos = positions.get_mut(lane);
+                        let pos = group.positions.get_mut(lane);
                         let acked = through.min(pos.head);
                         // The bytes of the events that change sides. Moving back (a relay
                         // that lost acknowledged events) counts those still stored.
@@ -658,15 +949,15 @@ impl Writer {
                         Done::None
                     }
                     Op::Prune { received_before_ms } => {
-                        Done::Prune(prune(&mut events, &mut ids, positions, received_before_ms)?)
+                        Done::Prune(prune(&mut events, &mut ids, group.positions, received_before_ms)?)
                     }
                     Op::Merge(update) => {
                         for (key, _) in update.state.iter() {
-                            overlay.touch(key);
+                            group.overlay.touch(key);
                         }
-                        overlay.changed.merge(&update.state);
+                        group.overlay.changed.merge(&update.state);
                         if update.complete {
-                            overlay.version = Some(update.through_version);
+                            group.overlay.version = Some(update.through_version);
                         }
                         Done::None
                     }
@@ -682,17 +973,17 @@ impl Writer {
                 stored.insert((lane, block), digest.to_bytes().as_slice()).db()?;
             }
             let mut lanes = txn.open_table(LANES).db()?;
-            for (lane, pos) in positions.iter() {
+            for (lane, pos) in group.positions.iter() {
                 lanes.insert(lane as u8, (pos.head, pos.acked, pos.backlog_bytes)).db()?;
             }
             let mut stock = txn.open_table(STOCK).db()?;
-            for (key, _) in overlay.changed.iter() {
-                let row = overlay.changed.restrict([key]);
+            for (key, _) in group.overlay.changed.iter() {
+                let row = group.overlay.changed.restrict([key]);
                 let bytes =
                     postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                 stock.insert((key.sku.as_str(), key.location.as_str()), bytes.as_slice()).db()?;
             }
-            if let Some(version) = overlay.version {
+            if let Some(version) = group.overlay.version {
                 txn.open_table(META).db()?.insert("inventory_version", version).db()?;
             }
         }
@@ -705,11 +996,9 @@ impl Writer {
     fn append(
         &self,
         tables: &mut Tables<'_, '_>,
-        positions: &mut PerLane<LanePosition>,
-        overlay: &mut Overlay<'_>,
+        group: &mut Group<'_, '_>,
         batch: Vec<NewEvent>,
         received_at_ms: u64,
-        appended: &mut u64,
     ) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for NewEvent { event, lane } in batch {
@@ -717,7 +1006,12 @@ impl Writer {
                 outcomes.push(outcome);
                 continue;
             }
-            let deltas = match deltas_of(&event, |key| overlay.value(key)) {
+            if !self.quota.admits(lane, group.used_bytes) {
+                let mark_bytes = self.quota.mark(lane);
+                outcomes.push(Outcome::Shed { lane, used_bytes: group.used_bytes, mark_bytes });
+                continue;
+            }
+            let deltas = match deltas_of(&event, |key| group.overlay.value(key)) {
                 Ok(deltas) => deltas,
                 Err(e) => {
                     outcomes.push(Outcome::Invalid { field: e.what, reason: e.reason });
@@ -727,15 +1021,15 @@ impl Writer {
             // Every delta is tried on a copy first, so an event moves all its keys or none.
             let mut trial = Inventory::new();
             for delta in &deltas {
-                overlay.touch(&delta.key);
-                trial.merge(&overlay.changed.restrict([&delta.key]));
+                group.overlay.touch(&delta.key);
+                trial.merge(&group.overlay.changed.restrict([&delta.key]));
             }
             if let Some(e) = deltas.iter().find_map(|d| trial.apply(&self.actor, d).err()) {
                 outcomes.push(Outcome::Invalid { field: "qty", reason: e.to_string() });
                 continue;
             }
-            overlay.changed.merge(&trial);
-            let pos = positions.get_mut(lane);
+            group.overlay.changed.merge(&trial);
+            let pos = group.positions.get_mut(lane);
             let seq = Seq::after(pos.head).ok_or(StoreError::Corrupt {
                 lane,
                 seq: pos.head,
@@ -755,7 +1049,7 @@ impl Writer {
             block.add(&BlockDigest::of_record(lane, seq.get(), &bytes));
             pos.head = seq.get();
             pos.backlog_bytes += bytes.len() as u64;
-            *appended += 1;
+            *group.appended += 1;
             outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
         }
         Ok(outcomes)
@@ -769,6 +1063,39 @@ fn read_digest(lane: Lane, block: u64, bytes: &[u8]) -> Result<BlockDigest, Stor
         seq: seqs_of(block).0,
         reason: "unreadable block digest".into(),
     })
+}
+
+/// What a group commit carries from one command to the next.
+struct Group<'a, 'r> {
+    positions: &'a mut PerLane<LanePosition>,
+    overlay: &'a mut Overlay<'r>,
+    appended: &'a mut u64,
+    /// Bytes the store occupied before the group: the quota marks are checked against it.
+    used_bytes: u64,
+}
+
+/// Answers `failure` to every command of a group without touching the file.
+fn refuse(group: Vec<Command>, failure: &Failure) {
+    for command in group {
+        split(command).1.fail(StoreError::Failed(failure.clone()));
+    }
+}
+
+/// Sets `slot` to `value`, saying whether it changed (for `watch::Sender::send_if_modified`).
+fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    let changed = *slot != value;
+    *slot = value;
+    changed
+}
+
+/// The filesystem failure behind a store error; any other error counts as a write
+/// failure too, since the store cannot be used until it opens again.
+fn failure_of(e: &StoreError) -> Failure {
+    match e {
+        StoreError::Redb(e) => Failure::of(e).unwrap_or_else(|| Failure::Io(e.to_string())),
+        StoreError::Failed(failure) => failure.clone(),
+        other => Failure::Io(other.to_string()),
+    }
 }
 
 /// The tables an append writes.

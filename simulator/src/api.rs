@@ -71,6 +71,12 @@ pub struct NodeStatus {
     pub lanes: BTreeMap<String, LaneStatus>,
     /// Store counters.
     pub store: StoreStatus,
+    /// The store's disk use against its quota (absent from nodes without a quota).
+    #[serde(default)]
+    pub disk: Option<DiskStatus>,
+    /// Posts in flight against their limit.
+    #[serde(default)]
+    pub admission: Option<AdmissionStatus>,
 }
 
 impl NodeStatus {
@@ -117,6 +123,73 @@ pub struct LaneStatus {
     pub acked_seq: u64,
     /// `head_seq - acked_seq`.
     pub backlog_events: u64,
+    /// Events of the lane the node answered `created` since it started.
+    #[serde(default)]
+    pub accepted: u64,
+    /// Events of the lane the node shed since it started, by reason.
+    #[serde(default)]
+    pub shed: ShedCounts,
+    /// The store size at and above which the lane is shed.
+    #[serde(default)]
+    pub disk_mark_bytes: u64,
+}
+
+/// Events shed per reason, in [`LaneStatus`].
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct ShedCounts {
+    /// 429: too many posts in flight for the lane.
+    #[serde(default)]
+    pub overloaded: u64,
+    /// 507: the store is over the lane's mark of the disk quota.
+    #[serde(default)]
+    pub disk_quota: u64,
+    /// 507: the filesystem is full.
+    #[serde(default)]
+    pub disk_full: u64,
+    /// 503: the filesystem refused a write.
+    #[serde(default)]
+    pub store_failed: u64,
+}
+
+impl ShedCounts {
+    /// Each reason's error code with its count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("overloaded", self.overloaded),
+            ("disk_quota", self.disk_quota),
+            ("disk_full", self.disk_full),
+            ("store_failed", self.store_failed),
+        ]
+    }
+}
+
+/// The store's disk use in [`NodeStatus`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiskStatus {
+    /// Bytes the store file occupies on disk, as of the last commit.
+    pub used_bytes: u64,
+    /// The quota.
+    pub quota_bytes: u64,
+    /// `normal`, `shedding_bulk`, `shedding_standard` or `full`.
+    pub pressure: String,
+    /// Acknowledged events pruned before their retention ended, to make room.
+    #[serde(default)]
+    pub pruned_under_pressure: u64,
+    /// Compactions done to give pruned space back.
+    #[serde(default)]
+    pub compactions: u64,
+}
+
+/// Admission in [`NodeStatus`].
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct AdmissionStatus {
+    /// Posts in flight now.
+    pub requests_in_flight: u64,
+    /// The limit.
+    pub requests_in_flight_max: u64,
+    /// Posts refused because no slot at all was free.
+    #[serde(default)]
+    pub requests_overloaded: u64,
 }
 
 /// The store counters in [`NodeStatus`].

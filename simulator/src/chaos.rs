@@ -7,13 +7,16 @@
 //! datagram by the [`rules`]), starts the nodes and the scanners, applies the timeline
 //! (partitions, loss, delay, duplicates, reordering, bandwidth caps, holds; SIGKILL,
 //! SIGSTOP/SIGCONT, a wiped relay store), heals, waits for convergence and decides each
-//! invariant into a [`report::ChaosReport`].
+//! invariant into a [`report::ChaosReport`]. Overload scenarios change the scanners' rate
+//! on the timeline and bound the nodes' admission and disk quota; [`expect`] decides
+//! which lanes they expect shed or spared, and the nodes' memory and disk limits.
 //!
 //! The shipped scenarios live in `simulator/scenarios/`; each has a quick variant
 //! (`--quick`, every step time scaled by its `quick_scale`) that CI runs.
 
 use std::path::PathBuf;
 
+pub mod expect;
 pub mod proxy;
 pub mod report;
 pub mod rules;

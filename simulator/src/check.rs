@@ -14,6 +14,8 @@
 //!   (recorded by the scanners as anomalies).
 //!
 //! Events a scanner gave up on (no answer) may be in the log or not, but at most once.
+//! Events the node shed (429, 507, 503 `store_failed`) at every attempt were not stored,
+//! so they must not be in the log, and every shed answer must carry `Retry-After`.
 //!
 //! [`Ledger`]: crate::ledger::Ledger
 
@@ -154,6 +156,37 @@ pub enum Violation {
     },
     /// A scanner was answered against the API.
     Answer(String),
+    /// The log holds an event the node shed at every attempt, so never stored.
+    ShedStored {
+        /// The event.
+        event_id: String,
+        /// The last shed answer, such as `507 disk_quota`.
+        reason: String,
+        /// Its offset.
+        offset: u64,
+    },
+    /// A shed answer broke the API (no `Retry-After`, or the event was stored after all).
+    ShedAnswer(String),
+}
+
+impl Violation {
+    /// The variant's name in snake case: the kind [`Report`] counts and caps.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Lost { .. } => "lost",
+            Violation::Duplicated { .. } => "duplicated",
+            Violation::Misplaced { .. } => "misplaced",
+            Violation::PayloadChanged { .. } => "payload_changed",
+            Violation::ConflictStored { .. } => "conflict_stored",
+            Violation::RejectedStored { .. } => "rejected_stored",
+            Violation::Unknown { .. } => "unknown",
+            Violation::OutOfOrder { .. } => "out_of_order",
+            Violation::OffsetGap { .. } => "offset_gap",
+            Violation::Answer(_) => "answer",
+            Violation::ShedStored { .. } => "shed_stored",
+            Violation::ShedAnswer(_) => "shed_answer",
+        }
+    }
 }
 
 impl fmt::Display for Violation {
@@ -193,6 +226,10 @@ impl fmt::Display for Violation {
                 write!(f, "dense offsets: found offset {found} where {expected} was expected")
             }
             Violation::Answer(text) => write!(f, "idempotent answers: {text}"),
+            Violation::ShedStored { event_id, reason, offset } => {
+                write!(f, "shed event stored: {event_id} was answered {reason} but is at offset {offset}")
+            }
+            Violation::ShedAnswer(text) => write!(f, "shed answer: {text}"),
         }
     }
 }
@@ -210,27 +247,32 @@ pub struct CheckCounts {
     pub unanswered: u64,
     /// Of those, how many reached the relay.
     pub unanswered_logged: u64,
+    /// Events shed at every attempt (never stored).
+    pub shed: u64,
     /// Events in the relay log.
     pub logged: u64,
     /// Distinct `(node_id, epoch, lane)` streams in the log.
     pub streams: u64,
 }
 
-/// The outcome of [`check`]. Only the first [`Report::VIOLATIONS_MAX`] violations are
-/// kept; `violations_total` counts all of them.
+/// The outcome of [`check`]. Only the first [`Report::VIOLATIONS_MAX`] violations of each
+/// kind are kept, so that thousands of one kind never hide another; `violations_total`
+/// counts all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     /// What was looked at.
     pub counts: CheckCounts,
-    /// The first violations found.
+    /// The first violations of each kind found, in the order found.
     pub violations: Vec<Violation>,
     /// Every violation found.
     pub violations_total: u64,
+    /// Every violation found, per [`Violation::kind`].
+    pub totals: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
-    /// Violations kept in full; a broken run can produce thousands, and the first few say
-    /// what went wrong.
+    /// Violations of one kind kept in full; a broken run can produce thousands, and the
+    /// first few say what went wrong.
     pub const VIOLATIONS_MAX: usize = 50;
 
     /// Whether every guarantee held.
@@ -238,9 +280,16 @@ impl Report {
         self.violations_total == 0
     }
 
+    /// Violations found of `kind` (see [`Violation::kind`]), kept or not.
+    pub fn total_of(&self, kind: &str) -> u64 {
+        self.totals.get(kind).copied().unwrap_or(0)
+    }
+
     fn push(&mut self, v: Violation) {
         self.violations_total += 1;
-        if self.violations.len() < Self::VIOLATIONS_MAX {
+        let seen = self.totals.entry(v.kind()).or_default();
+        *seen += 1;
+        if *seen <= Self::VIOLATIONS_MAX as u64 {
             self.violations.push(v);
         }
     }
@@ -252,8 +301,15 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "exactly-once check: {} accepted events, {} in the relay log over {} streams; \
-             {} conflicting posts, {} refused, {} unanswered ({} of them logged)",
-            c.accepted, c.logged, c.streams, c.conflicts, c.rejected, c.unanswered, c.unanswered_logged
+             {} conflicting posts, {} refused, {} shed, {} unanswered ({} of them logged)",
+            c.accepted,
+            c.logged,
+            c.streams,
+            c.conflicts,
+            c.rejected,
+            c.shed,
+            c.unanswered,
+            c.unanswered_logged
         )?;
         if self.is_ok() {
             return write!(f, "  OK: every accepted event is in the relay log exactly once, in seq order");
@@ -276,6 +332,9 @@ pub fn check(ledger: &LedgerData, log: &[LogEntry]) -> Report {
     report.counts.conflicts = ledger.conflicts.len() as u64;
     for text in &ledger.anomalies {
         report.push(Violation::Answer(text.clone()));
+    }
+    for text in &ledger.shed_anomalies {
+        report.push(Violation::ShedAnswer(text.clone()));
     }
     check_order(log, &mut report);
 
@@ -332,6 +391,17 @@ pub fn check(ledger: &LedgerData, log: &[LogEntry]) -> Report {
                 report.counts.unanswered += 1;
                 if !logged.is_empty() {
                     report.counts.unanswered_logged += 1;
+                }
+            }
+            Outcome::Shed(reason) => {
+                report.counts.shed += 1;
+                for e in logged {
+                    let v = Violation::ShedStored {
+                        event_id: event_id.clone(),
+                        reason: reason.to_string(),
+                        offset: e.offset,
+                    };
+                    report.push(v);
                 }
             }
         }

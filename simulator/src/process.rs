@@ -133,6 +133,8 @@ pub struct Daemon {
     data_dir: PathBuf,
     log: PathBuf,
     http: SocketAddr,
+    /// A command the daemon runs under (it ends by exec'ing the daemon, so the PID stays).
+    launcher: Vec<OsString>,
     child: Option<Child>,
     starts: u32,
 }
@@ -146,7 +148,15 @@ impl Daemon {
         log: PathBuf,
         http: SocketAddr,
     ) -> Daemon {
-        Daemon { name, program: program.to_path_buf(), args, data_dir, log, http, child: None, starts: 0 }
+        let program = program.to_path_buf();
+        Daemon { name, program, args, data_dir, log, http, launcher: Vec::new(), child: None, starts: 0 }
+    }
+
+    /// Runs the daemon as the last arguments of `launcher` from the next start on, such
+    /// as `unshare --mount ...` to give it a mount namespace of its own. The launcher must
+    /// exec the daemon, so that its PID is the daemon's.
+    pub fn launch_via(&mut self, launcher: Vec<OsString>) {
+        self.launcher = launcher;
     }
 
     /// The daemon's name in the harness, such as `relay` or `node store-0042`.
@@ -284,7 +294,14 @@ impl Daemon {
         let mut log = File::options().create(true).append(true).open(&self.log).map_err(log_err)?;
         writeln!(log, "--- harness: start #{} of {}", self.starts, self.name).map_err(log_err)?;
         let stdout = log.try_clone().map_err(log_err)?;
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match self.launcher.split_first() {
+            Some((launcher, launcher_args)) => {
+                let mut cmd = Command::new(launcher);
+                cmd.args(launcher_args).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
         cmd.args(&self.args).stdin(Stdio::null()).stdout(stdout).stderr(log);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("OUTPOST_") {

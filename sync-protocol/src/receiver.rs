@@ -100,6 +100,21 @@ impl Receiver {
         Ok(hello.epoch)
     }
 
+    /// The relay is over its connection limit: instead of judging the Hello, refuse the
+    /// node with [`RefuseReason::Busy`] and the shell's `retry_after_ms` hint. Queues the
+    /// Refuse and returns it; the shell closes the connection after sending it.
+    pub fn refuse_busy(&mut self, retry_after_ms: u32) -> Refuse {
+        let refuse = Refuse {
+            reason: RefuseReason::Busy { retry_after_ms },
+            message: format!(
+                "relay {} is at its connection limit; retry after {retry_after_ms} ms",
+                self.config.relay_id
+            ),
+        };
+        self.transmits.push_back(Message::Refuse(refuse.clone()));
+        refuse
+    }
+
     /// A batch from the node. `Ok(Some)` holds the new events to commit; `Ok(None)` means
     /// nothing new (a retransmission, or a gap answered with Resync).
     pub fn handle_batch(&mut self, batch: Batch) -> Result<Option<Accepted>, ProtocolViolation> {

@@ -36,6 +36,9 @@ pub struct SenderConfig {
     pub backoff_base: Duration,
     /// Largest reconnect delay bound, so a thousand nodes returning spread over this much.
     pub backoff_max: Duration,
+    /// Longest retry hint of a busy relay ([`RefuseReason::Busy`]) that is honoured; a
+    /// longer one is cut to this, so a misconfigured relay cannot park a site for days.
+    pub retry_after_max: Duration,
 }
 
 impl SenderConfig {
@@ -43,7 +46,8 @@ impl SenderConfig {
     /// because a site wants its backlog moving within a second of the WAN returning
     /// (PERFORMANCE.md, `drain`), and a dial to a relay that is down costs one UDP
     /// datagram; full jitter still spreads a thousand returning nodes over that second,
-    /// and the relay's connection limit does the rest.
+    /// and the relay's connection limit does the rest. A busy relay's retry hint is
+    /// honoured up to 5 minutes, well above the longest hint `outpost-relay` gives.
     pub fn new(identity: NodeIdentity, epoch: Epoch) -> Self {
         SenderConfig {
             identity,
@@ -52,6 +56,7 @@ impl SenderConfig {
             batches_in_flight_max: BATCHES_IN_FLIGHT_MAX,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(1),
+            retry_after_max: Duration::from_secs(300),
         }
     }
 }
@@ -151,6 +156,9 @@ pub struct Sender {
     events: VecDeque<SenderEvent>,
     /// The relay inventory version merged durably, for the next Hello.
     inventory_version: u64,
+    /// The retry hint of a busy relay on this connection, for the next
+    /// [`Sender::handle_disconnected`].
+    retry_after: Option<Duration>,
 }
 
 impl Sender {
@@ -171,6 +179,7 @@ impl Sender {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             inventory_version: 0,
+            retry_after: None,
         }
     }
 
@@ -190,6 +199,8 @@ impl Sender {
     /// The shell's dial succeeded and streams can be opened: send Hello.
     pub fn handle_connected(&mut self, _now: Instant) {
         self.link = Link::Handshaking;
+        // A hint is about the connection that carried it.
+        self.retry_after = None;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             node_id: self.config.identity.node_id.clone(),
@@ -249,6 +260,12 @@ impl Sender {
                 Ok(())
             }
             Message::Refuse(refuse) => {
+                if let RefuseReason::Busy { retry_after_ms } = refuse.reason
+                    && retry_after_ms > 0
+                {
+                    let hint = Duration::from_millis(u64::from(retry_after_ms));
+                    self.retry_after = Some(hint.min(self.config.retry_after_max));
+                }
                 self.events.push_back(SenderEvent::Refused(refuse));
                 Ok(())
             }
@@ -306,14 +323,22 @@ impl Sender {
     }
 
     /// The connection failed or closed: forget what was in flight and plan the next dial
-    /// with exponential backoff and full jitter.
+    /// with exponential backoff and full jitter, or, after a busy relay's refusal, after
+    /// its retry hint with as much jitter again on top.
     pub fn handle_disconnected(&mut self, now: Instant, rng: &mut impl Rng) {
         // The first failure waits up to `backoff_base`, and each further one up to twice
         // as long as the one before, until `backoff_max`.
         let exp = self.attempt.min(20);
         self.attempt = self.attempt.saturating_add(1);
-        let bound = self.config.backoff_base.saturating_mul(1 << exp).min(self.config.backoff_max);
-        let delay = Duration::from_micros(rng.random_range(0..=bound.as_micros() as u64));
+        let delay = match self.retry_after.take() {
+            // Uniform in [hint, 2 * hint]: never sooner than the relay asked, and the nodes
+            // it turned away together come back spread over as long again.
+            Some(hint) => hint + jitter(hint, rng),
+            None => {
+                let bound = self.config.backoff_base.saturating_mul(1 << exp).min(self.config.backoff_max);
+                jitter(bound, rng)
+            }
+        };
         self.link = Link::Idle { reconnect_at: now + delay };
         for state in &mut self.lanes.0 {
             state.in_flight.clear();
@@ -391,6 +416,12 @@ impl Sender {
     fn expect_ready(&self, what: &'static str) -> Result<(), ProtocolViolation> {
         if self.link == Link::Ready { Ok(()) } else { Err(ProtocolViolation::Unexpected(what)) }
     }
+}
+
+/// Uniform in `[0, bound]`, to the microsecond.
+fn jitter(bound: Duration, rng: &mut impl Rng) -> Duration {
+    let micros = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(rng.random_range(0..=micros))
 }
 
 #[cfg(test)]

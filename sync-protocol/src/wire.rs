@@ -109,7 +109,9 @@ pub struct Welcome {
     pub limits: Limits,
 }
 
-/// Why a relay refuses a node. Each reason is also a QUIC close code, see [`close`].
+/// Why a relay refuses a node. Every refusal closes the connection with
+/// [`close::REFUSED`]. New reasons are appended, never inserted: postcard encodes the
+/// variant by its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RefuseReason {
     /// The node speaks another protocol version.
@@ -120,6 +122,13 @@ pub enum RefuseReason {
     WrongRegion,
     /// Another connection of the same node took over.
     Superseded,
+    /// The relay serves as many connections as it is configured to. The node waits at
+    /// least `retry_after_ms`, plus jitter, before it dials again.
+    Busy {
+        /// How long the relay asks the node to stay away, in milliseconds; it grows with
+        /// how far over its limit the relay is.
+        retry_after_ms: u32,
+    },
 }
 
 impl RefuseReason {
@@ -130,6 +139,7 @@ impl RefuseReason {
             RefuseReason::IdentityMismatch => "identity_mismatch",
             RefuseReason::WrongRegion => "wrong_region",
             RefuseReason::Superseded => "superseded",
+            RefuseReason::Busy { .. } => "busy",
         }
     }
 }

@@ -14,6 +14,7 @@ fn seq_of(o: &Outcome) -> (Lane, u64) {
     match o {
         Outcome::Created(p) | Outcome::Duplicate(p) | Outcome::Conflict(p) => (p.lane, p.seq.get()),
         Outcome::Invalid { reason, .. } => panic!("invalid: {reason}"),
+        Outcome::Shed { lane, .. } => panic!("shed from {lane}"),
     }
 }
 
@@ -201,5 +202,90 @@ async fn block_digests_follow_appends_and_outlive_pruning() {
     assert!(store.read_range(Lane::Critical, Seq::FIRST, 10).unwrap().is_empty());
     let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
     assert_eq!((pos.head, pos.acked, digests), (3, 3, vec![(0, expected)]), "kept after pruning");
+    store.close();
+}
+
+/// Appends `count` events of `kind` with ids `{prefix}-{n}`; how many were shed.
+async fn append_many(store: &Store, prefix: &str, kind: Kind, first: usize, count: usize) -> usize {
+    let batch = (first..first + count).map(|n| event(&format!("{prefix}-{n}"), kind, 0)).collect();
+    let out = store.append(batch).await.unwrap();
+    out.iter().filter(|o| matches!(o, Outcome::Shed { .. })).count()
+}
+
+/// A store whose quota leaves `room` bytes above what a new store occupies.
+fn store_with_room(dir: &Path, room: u64) -> Store {
+    let fresh = Store::open_with_quota(dir, node(), || 3, Quota { bytes: u64::MAX }).unwrap();
+    let used = fresh.health().used_bytes;
+    fresh.close();
+    Store::open_with_quota(dir, node(), || panic!("reopened"), Quota { bytes: used + room }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_sheds_bulk_then_standard_and_takes_critical_until_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_room(dir.path(), 3 << 20);
+    let quota = store.quota();
+    const BATCH: usize = 200;
+    // One commit of BATCH events occupies far less than this.
+    const ONE_COMMIT_BYTES: u64 = 1 << 20;
+    let mut posted = 0;
+    while append_many(&store, "scan", Kind::Scan, posted, BATCH).await == 0 {
+        posted += BATCH;
+        assert!(posted < 1_000_000, "bulk never shed: {:?}", store.health());
+    }
+    assert!(store.health().used_bytes >= quota.mark(Lane::Bulk));
+    assert_eq!(
+        append_many(&store, "pick", Kind::Pick, 0, 10).await,
+        0,
+        "standard is taken above the bulk mark"
+    );
+    let mut standard = 10;
+    while append_many(&store, "pick", Kind::Pick, standard, BATCH).await == 0 {
+        standard += BATCH;
+        assert!(standard < 1_000_000);
+    }
+    assert!(store.health().used_bytes >= quota.mark(Lane::Standard));
+    let mut critical = 0;
+    while append_many(&store, "ship", Kind::Ship, critical, BATCH).await == 0 {
+        critical += BATCH;
+        assert!(critical < 1_000_000);
+        assert!(store.health().used_bytes < quota.bytes + ONE_COMMIT_BYTES);
+    }
+    let used = store.health().used_bytes;
+    assert!(used >= quota.bytes && used < quota.bytes + ONE_COMMIT_BYTES, "{used} vs quota {}", quota.bytes);
+    // A repeat needs no room: it is answered from the store.
+    let again = store.append(vec![event("ship-0", Kind::Ship, 0)]).await.unwrap();
+    assert!(matches!(again[0], Outcome::Duplicate(_)), "{again:?}");
+    let heads = *store.positions().borrow();
+    assert!(heads.get(Lane::Critical).head > 0 && heads.get(Lane::Bulk).head == posted as u64);
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_make_room_under_pressure_and_unacknowledged_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_room(dir.path(), 3 << 20);
+    let mut posted = 0;
+    while append_many(&store, "scan", Kind::Scan, posted, 500).await == 0 {
+        posted += 500;
+    }
+    // Nothing is acknowledged: pressure prunes nothing.
+    append_many(&store, "ship", Kind::Ship, 0, 1).await;
+    assert_eq!(store.health().pruned_under_pressure, 0);
+    assert_eq!(store.read_range(Lane::Bulk, Seq::FIRST, 1).unwrap().len(), 1);
+    // The relay acknowledges all but the last bulk event.
+    let head = store.positions().borrow().get(Lane::Bulk).head;
+    store.record_ack(Lane::Bulk, head - 1).await.unwrap();
+    let mut rounds = 0;
+    while append_many(&store, "scan-after", Kind::Scan, rounds, 1).await > 0 {
+        rounds += 1;
+        assert!(rounds < 100, "bulk never accepted again: {:?}", store.health());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let health = store.health();
+    assert!(health.pruned_under_pressure > 0 && health.compactions > 0, "{health:?}");
+    assert!(store.quota().admits(Lane::Bulk, health.used_bytes), "{health:?}");
+    let kept = store.read_range(Lane::Bulk, Seq::new(head).unwrap(), 1).unwrap();
+    assert_eq!(kept.len(), 1, "the unacknowledged event stays");
     store.close();
 }

@@ -94,26 +94,8 @@ async fn mixed(options: &Options) -> anyhow::Result<Row> {
     let shipments = Workload { prefix: "ship-".into(), mix: Mix::Critical, per_post: 1 };
     let mut conn = Conn::connect(cluster.nodes[0].http_addr()).await?;
 
-    cluster.relay.start().await?;
-    let progress = Progress::start("mixed", buffered, "bulk events");
-    let mut during = Latencies::new(1);
-    let mut next_post = Instant::now();
-    loop {
-        let marks = relay_watermarks(&cluster).await?;
-        progress.set(*marks.get(Lane::Bulk));
-        during.arrived(*marks.get(Lane::Critical));
-        if *marks.get(Lane::Bulk) >= buffered {
-            break;
-        }
-        if Instant::now() >= next_post {
-            during.post(&mut conn, &shipments).await?;
-            next_post += CRITICAL_EVERY;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    progress.finish();
-    // Shipments posted during the drain that had not arrived when it ended.
-    let posted_during = during.posted.len();
+    let race = race(&mut cluster, &mut conn, buffered, buffered).await?;
+    let (mut during, posted_during) = (race.shipments, race.posted);
     wait_arrivals(&cluster, &mut during).await?;
 
     // The limit: the same shipments with nothing else to send.
@@ -142,9 +124,53 @@ async fn mixed(options: &Options) -> anyhow::Result<Row> {
         .correct(correct))
 }
 
+/// Shipments posted while a bulk backlog drained.
+#[derive(Debug)]
+pub struct Race {
+    /// Shipments posted during the drain.
+    pub posted: usize,
+    /// Of those, how many were durable at the relay when the bulk backlog finished.
+    pub arrived_first: usize,
+    /// Each shipment's post and arrival.
+    pub shipments: Latencies,
+}
+
+/// Starts the relay of an offline site holding `buffered` bulk events (and nothing else)
+/// and posts a shipment every [`CRITICAL_EVERY`] on `conn` until the relay holds
+/// `post_until` bulk events; returns when it holds all of them. Nothing may be in the
+/// critical lane before.
+pub async fn race(
+    cluster: &mut Cluster,
+    conn: &mut Conn,
+    buffered: u64,
+    post_until: u64,
+) -> anyhow::Result<Race> {
+    let shipments = Workload { prefix: "ship-".into(), mix: Mix::Critical, per_post: 1 };
+    cluster.relay.start().await?;
+    let progress = Progress::start("mixed", buffered, "bulk events");
+    let mut during = Latencies::new(1);
+    let mut next_post = Instant::now();
+    loop {
+        let marks = relay_watermarks(cluster).await?;
+        progress.set(*marks.get(Lane::Bulk));
+        during.arrived(*marks.get(Lane::Critical));
+        if *marks.get(Lane::Bulk) >= buffered {
+            break;
+        }
+        if Instant::now() >= next_post && *marks.get(Lane::Bulk) < post_until {
+            during.post(conn, &shipments).await?;
+            next_post += CRITICAL_EVERY;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    progress.finish();
+    Ok(Race { posted: during.posted.len(), arrived_first: during.arrived.len(), shipments: during })
+}
+
 /// Shipments posted one at a time, and when each arrived at the relay. The critical lane
 /// holds only these, so the n-th shipment (from `first_seq`) has seq `first_seq + n`.
-struct Latencies {
+#[derive(Debug)]
+pub struct Latencies {
     posted: Vec<Instant>,
     arrived: Vec<Duration>,
     first_seq: u64,
@@ -179,7 +205,8 @@ impl Latencies {
         self.arrived.len() < self.posted.len()
     }
 
-    fn quantile_ms(&self, q: f64) -> f64 {
+    /// The `q` quantile of the arrivals so far, in ms.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
         let mut us: Vec<u32> =
             self.arrived.iter().map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)).collect();
         us.sort_unstable();
@@ -187,7 +214,8 @@ impl Latencies {
     }
 }
 
-async fn wait_arrivals(cluster: &Cluster, latencies: &mut Latencies) -> anyhow::Result<()> {
+/// Waits (up to 30 s) until every shipment posted has arrived at the relay.
+pub async fn wait_arrivals(cluster: &Cluster, latencies: &mut Latencies) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while latencies.pending() {
         anyhow::ensure!(Instant::now() < deadline, "shipments did not reach the relay within 30 s");

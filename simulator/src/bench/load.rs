@@ -62,6 +62,8 @@ pub enum Mix {
     Site,
     /// Only scans: the bulk lane.
     Bulk,
+    /// Only picks: the standard lane.
+    Standard,
     /// Only shipments: the critical lane.
     Critical,
 }
@@ -71,6 +73,7 @@ impl Mix {
     pub fn kind(self, n: u64) -> Kind {
         match self {
             Mix::Bulk => Kind::Scan,
+            Mix::Standard => Kind::Pick,
             Mix::Critical => Kind::Ship,
             Mix::Site => match n % 20 {
                 0 => Kind::Ship,

@@ -1,15 +1,19 @@
 //! The chaos run's result: a verdict per invariant, the timeline, the progress samples,
-//! and the counts, printable for people and serialisable with `--json`.
+//! the counts, the answers per lane (created, and shed by reason) and the nodes'
+//! resources, printable for people and serialisable with `--json`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
 
+use super::expect::mib;
 use super::proxy::ProxyStats;
 use crate::check::{Report, Violation};
+use crate::ledger::LaneTotals;
 
 /// The invariants a chaos run decides, in report order.
-pub const INVARIANTS: [(&str, &str); 8] = [
+pub const INVARIANTS: [(&str, &str); 10] = [
     ("no-acknowledged-loss", "every event answered 201/200 is in the relay log (A1, E1)"),
     ("no-duplicate", "each event is in the relay log once, where and as the node placed it (A2)"),
     ("order", "per (node, epoch, lane) the log holds seq 1, 2, 3, … without gaps (A3)"),
@@ -24,7 +28,21 @@ pub const INVARIANTS: [(&str, &str); 8] = [
         "after the final heal, every backlog drains and every accepted event is logged within the budget (E1, E2)",
     ),
     ("no-crash", "no daemon exits or fails to start unless the timeline killed it (A9)"),
+    (
+        "shedding",
+        "every shed answer (429/507/503) carries Retry-After, no shed event is stored, and each lane is shed or \
+         spared as the scenario expects (F16, F20)",
+    ),
+    (
+        "bounded-resources",
+        "each node's resident memory and its store's disk use stay within the scenario's limits (F16, F20)",
+    ),
 ];
+
+/// Index of the `shedding` verdict in [`INVARIANTS`].
+pub const SHEDDING: usize = 8;
+/// Index of the `bounded-resources` verdict in [`INVARIANTS`].
+pub const BOUNDED_RESOURCES: usize = 9;
 
 /// Whether one invariant held.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +80,90 @@ pub struct ProgressSample {
     pub replicated: Option<u64>,
     /// Each node's replication link state.
     pub links: Vec<String>,
+    /// Per lane: events created and shed answers so far, as the scanners were told.
+    pub lanes: BTreeMap<String, LaneTotals>,
+    /// Each node's resources (empty fields when it did not answer).
+    pub nodes: Vec<NodeSample>,
+}
+
+/// One node in a [`ProgressSample`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeSample {
+    /// Its resident set (`VmRSS` of `/proc/PID/status`).
+    pub rss_bytes: Option<u64>,
+    /// Bytes its store occupies on disk (`disk.used_bytes`).
+    pub disk_used_bytes: Option<u64>,
+    /// Its disk quota.
+    pub disk_quota_bytes: Option<u64>,
+    /// `normal`, `shedding_bulk`, `shedding_standard` or `full`.
+    pub pressure: Option<String>,
+    /// Posts in flight.
+    pub requests_in_flight: Option<u64>,
+}
+
+/// One lane's answers over the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LaneReport {
+    /// `critical`, `standard` or `bulk`.
+    pub lane: String,
+    /// Events of the lane answered `created`.
+    pub created: u64,
+    /// Shed answers per reason, as the scanners were told.
+    pub shed: Vec<ShedTally>,
+    /// The nodes' own counts of shed events per reason (`/v1/status`, summed over the
+    /// nodes, since each node's last start).
+    pub node_shed: BTreeMap<String, u64>,
+}
+
+/// Shed answers of one reason in one lane.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShedTally {
+    /// The answer's status (429, 507, 503).
+    pub status: u16,
+    /// Its error code.
+    pub reason: String,
+    /// How many answers, one per event and attempt.
+    pub answers: u64,
+    /// When the first came, from the start of the timeline.
+    pub first_t_s: f64,
+    /// When the last came.
+    pub last_t_s: f64,
+}
+
+/// One node's resources over the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeResources {
+    /// The node id.
+    pub node: String,
+    /// Resident set at the first sample.
+    pub rss_start_bytes: Option<u64>,
+    /// Largest resident set sampled.
+    pub rss_max_bytes: Option<u64>,
+    /// Largest growth of the resident set above the first sample after a start.
+    pub rss_growth_max_bytes: Option<u64>,
+    /// The disk quota.
+    pub disk_quota_bytes: Option<u64>,
+    /// Largest `disk.used_bytes` sampled.
+    pub disk_used_max_bytes: Option<u64>,
+    /// Most `disk.used_bytes` was above the quota (0 when never above).
+    pub disk_over_quota_max_bytes: Option<u64>,
+    /// The disk pressure at the end of the run.
+    pub pressure_end: Option<String>,
+    /// Acknowledged events pruned under pressure (since the node's last start).
+    pub pruned_under_pressure: u64,
+    /// Compactions under pressure (since the node's last start).
+    pub compactions: u64,
+}
+
+/// Whether one `[[expect]]` window held.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectationVerdict {
+    /// The window and what it expects.
+    pub window: String,
+    /// Whether it held.
+    pub holds: bool,
+    /// What was seen, or what failed.
+    pub detail: String,
 }
 
 /// The counts the verdicts rest on.
@@ -87,6 +189,10 @@ pub struct RunCounts {
     pub retries: u64,
     /// Events answered `duplicate`.
     pub duplicate_answers: u64,
+    /// Shed answers (429, 507, 503 `store_failed`), one per event and attempt.
+    pub shed_answers: u64,
+    /// Events still shed when the scanners stopped: never stored.
+    pub shed: u64,
 }
 
 /// The whole result of one scenario run.
@@ -114,13 +220,19 @@ pub struct ChaosReport {
     pub timeline: Vec<TimelineEntry>,
     /// Progress samples, about one per second.
     pub progress: Vec<ProgressSample>,
-    /// Every violation found by the exactly-once check (the first 50).
+    /// The violations found by the exactly-once check (the first 50 of each kind).
     pub violations: Vec<String>,
     /// Things the run noticed that are allowed but worth knowing (a wiped relay's
     /// watermarks moving back, daemons that had to be started for the check).
     pub observations: Vec<String>,
     /// The proxies' counters, summed over the nodes.
     pub proxy: ProxyStats,
+    /// Per lane: created and shed answers.
+    pub lanes: Vec<LaneReport>,
+    /// Per node: memory and disk use.
+    pub resources: Vec<NodeResources>,
+    /// Each `[[expect]]` window's verdict.
+    pub expectations: Vec<ExpectationVerdict>,
     /// The tails of the daemons' logs, kept when a verdict failed.
     pub log_tails: Vec<(String, String)>,
 }
@@ -143,7 +255,16 @@ pub fn invariant_of(v: &Violation) -> &'static str {
         Violation::OutOfOrder { .. } | Violation::OffsetGap { .. } => "order",
         Violation::ConflictStored { .. } | Violation::RejectedStored { .. } => "nothing-refused-present",
         Violation::Answer(_) => "idempotent-answers",
+        Violation::ShedStored { .. } | Violation::ShedAnswer(_) => "shedding",
     }
+}
+
+/// The violations of the exactly-once check that break `invariant`: how many were found,
+/// and those kept (the first of each kind).
+pub fn violations_of<'a>(report: &'a Report, invariant: &str) -> (u64, Vec<&'a Violation>) {
+    let kept: Vec<&Violation> = report.violations.iter().filter(|v| invariant_of(v) == invariant).collect();
+    let kinds: std::collections::BTreeSet<&str> = kept.iter().map(|v| v.kind()).collect();
+    (kinds.iter().map(|k| report.total_of(k)).sum(), kept)
 }
 
 /// The verdicts of the exactly-once check's invariants (all but the watermark and
@@ -153,8 +274,7 @@ pub fn check_verdicts(report: &Report) -> Vec<InvariantVerdict> {
     INVARIANTS[..5]
         .iter()
         .map(|(name, statement)| {
-            let broken: Vec<&Violation> =
-                report.violations.iter().filter(|v| invariant_of(v) == *name).collect();
+            let (total, broken) = violations_of(report, name);
             let detail = if broken.is_empty() {
                 match *name {
                     "no-acknowledged-loss" => format!("{} accepted events, all in the relay log", c.accepted),
@@ -170,7 +290,7 @@ pub fn check_verdicts(report: &Report) -> Vec<InvariantVerdict> {
                 }
             } else {
                 let first: Vec<String> = broken.iter().take(5).map(|v| v.to_string()).collect();
-                format!("{} violations: {}", broken.len(), first.join("; "))
+                format!("{total} violations: {}", first.join("; "))
             };
             InvariantVerdict {
                 name: (*name).to_owned(),
@@ -188,7 +308,8 @@ impl fmt::Display for ChaosReport {
         writeln!(
             f,
             "scenario {} (seed {}, time x{}): {} accepted, {} logged over {} streams; {} requests, {} retries, \
-             {} duplicate answers, {} conflicts, {} invalid, {} unanswered ({} logged)",
+             {} duplicate answers, {} conflicts, {} invalid, {} unanswered ({} logged), {} shed answers \
+             ({} events never stored)",
             self.scenario,
             self.seed,
             self.scale,
@@ -201,7 +322,9 @@ impl fmt::Display for ChaosReport {
             c.conflicts,
             c.rejected,
             c.unanswered,
-            c.unanswered_logged
+            c.unanswered_logged,
+            c.shed_answers,
+            c.shed
         )?;
         let p = &self.proxy;
         writeln!(
@@ -219,6 +342,53 @@ impl fmt::Display for ChaosReport {
         )?;
         for o in &self.observations {
             writeln!(f, "note: {o}")?;
+        }
+        for lane in &self.lanes {
+            write!(f, "lane {:<8} {:>7} created", lane.lane, lane.created)?;
+            for t in &lane.shed {
+                write!(
+                    f,
+                    ", {} {} {} (at {:.1}s to {:.1}s)",
+                    t.answers, t.status, t.reason, t.first_t_s, t.last_t_s
+                )?;
+            }
+            if lane.shed.is_empty() {
+                write!(f, ", never shed")?;
+            }
+            let node: Vec<String> =
+                lane.node_shed.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+            if !node.is_empty() {
+                write!(f, "; the node counted {}", node.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        for r in &self.resources {
+            write!(f, "node {}:", r.node)?;
+            if let (Some(start), Some(max)) = (r.rss_start_bytes, r.rss_max_bytes) {
+                write!(
+                    f,
+                    " rss {} at start, peak {} (+{})",
+                    mib(start),
+                    mib(max),
+                    mib(r.rss_growth_max_bytes.unwrap_or(0))
+                )?;
+            }
+            if let (Some(used), Some(quota)) = (r.disk_used_max_bytes, r.disk_quota_bytes) {
+                write!(
+                    f,
+                    "; store peak {} of a {} quota, pressure {} at the end, {} events pruned under pressure, \
+                     {} compactions",
+                    mib(used),
+                    mib(quota),
+                    r.pressure_end.as_deref().unwrap_or("unknown"),
+                    r.pruned_under_pressure,
+                    r.compactions
+                )?;
+            }
+            writeln!(f)?;
+        }
+        for e in &self.expectations {
+            writeln!(f, "expect {}  {}: {}", if e.holds { "ok" } else { "FAIL" }, e.window, e.detail)?;
         }
         for v in &self.verdicts {
             writeln!(f, "  {:4}  {:<24} {}", if v.holds { "ok" } else { "FAIL" }, v.name, v.detail)?;

@@ -5,13 +5,16 @@
 //!
 //! 1. starts the relay, one [`Proxy`] per node in front of it, and the nodes dialling
 //!    their proxy;
-//! 2. starts the scanners (per node, `workload.scanners` of them, paced to the rate);
+//! 2. starts the scanners (per node, `workload.scanners` of them, paced to the rate, which
+//!    a `rate` step changes for every scanner at once);
 //! 3. walks the timeline, applying each step at its time and printing a progress line
-//!    about once a second (events accepted, node backlog, events replicated, link state);
+//!    about once a second (events accepted, node backlog, events replicated, link state,
+//!    shed answers per lane, each node's resident set and disk use);
 //! 4. at the `check` step: heals every link, thaws and starts every process, stops the
 //!    scanners, and waits until every backlog is empty and the relay log holds every
 //!    accepted event, within the convergence budget;
-//! 5. reads the whole relay log and decides each invariant of [`INVARIANTS`].
+//! 5. reads the whole relay log and decides each invariant of [`INVARIANTS`], the
+//!    scenario's `[[expect]]` windows and its `[limits]`.
 //!
 //! Progress requests use short timeouts and skip daemons the timeline has killed or
 //! frozen, so a frozen relay never stalls the timeline. Watermarks are sampled with the
@@ -30,17 +33,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
+use super::expect::{ResourceTracker, judge_expectations, judge_limits, mib};
 use super::proxy::{Proxy, ProxyStats};
 use super::report::{
-    ChaosReport, INVARIANTS, InvariantVerdict, ProgressSample, RunCounts, TimelineEntry, check_verdicts,
+    BOUNDED_RESOURCES, ChaosReport, ExpectationVerdict, INVARIANTS, InvariantVerdict, LaneReport, NodeSample,
+    ProgressSample, RunCounts, SHEDDING, ShedTally, TimelineEntry, check_verdicts, violations_of,
 };
-use super::scenario::{Action, NetChange, ProcessFault, Scenario, Who};
+use super::scenario::{Action, LANES, NetChange, ProcessFault, Scenario, Who};
 use crate::api::{Client, NodeStatus};
 use crate::check::{self, LogReader};
 use crate::cluster::Cluster;
-use crate::ledger::Ledger;
+use crate::ledger::{LaneAnswers, Ledger};
 use crate::process::Daemon;
-use crate::scanner::{Scanner, ScannerConfig};
+use crate::scanner::{Pace, Scanner, ScannerConfig};
 
 /// How often a progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -114,6 +119,10 @@ struct Run<'a> {
     stop: Arc<AtomicBool>,
     scanners: Vec<JoinHandle<()>>,
     scanner_round: u64,
+    /// The interval between each scanner's request starts, set from the current rate.
+    pace: Pace,
+    /// Each node's resident set and disk use over the samples.
+    resources: Vec<ResourceTracker>,
     relay_state: State,
     node_states: Vec<State>,
     relay_client: Client,
@@ -157,6 +166,8 @@ impl<'a> Run<'a> {
             stop: Arc::new(AtomicBool::new(false)),
             scanners: Vec::new(),
             scanner_round: 0,
+            pace: Pace::new(scenario.workload.interval_for(scenario.workload.rate)),
+            resources: scenario.nodes.iter().map(|n| ResourceTracker::new(n)).collect(),
             relay_state: State::Running,
             node_states: vec![State::Running; nodes],
             logged_ids: BTreeSet::new(),
@@ -188,8 +199,6 @@ impl<'a> Run<'a> {
         let w = &self.scenario.workload;
         self.scanner_round += 1;
         self.stop = Arc::new(AtomicBool::new(false));
-        let mean_items = (1.0 - w.array_ratio) + w.array_ratio * (2.0 + w.array_events_max as f64) / 2.0;
-        let pause = Duration::from_secs_f64((mean_items * w.scanners as f64 / w.rate).min(10.0));
         for (n, node) in self.cluster.nodes.iter().enumerate() {
             for i in 0..w.scanners {
                 let device = format!("hs-{}-{}-r{}", n + 1, i + 1, self.scanner_round);
@@ -200,8 +209,10 @@ impl<'a> Run<'a> {
                 c.conflict_ratio = w.conflict_rate;
                 c.invalid_ratio = w.invalid_rate;
                 c.kinds = w.kinds.clone();
-                c.pause = pause;
+                c.pace = Some(self.pace.clone());
                 c.give_up_after = w.give_up_after;
+                c.retry_after_max = w.retry_after_max;
+                c.attrs_bytes = w.attrs_bytes;
                 c.seed = self
                     .scenario
                     .seed
@@ -261,6 +272,7 @@ impl<'a> Run<'a> {
                 }
             }
             Action::Scanners(false) => self.stop.store(true, Ordering::Relaxed),
+            Action::Rate(rate) => self.pace.set(self.scenario.workload.interval_for(*rate)),
         }
         Ok(())
     }
@@ -345,6 +357,7 @@ impl<'a> Run<'a> {
         let accepted = self.ledger.accepted_count();
         let mut backlog = Some(0u64);
         let mut links = Vec::new();
+        let mut nodes = Vec::new();
         for i in 0..self.node_clients.len() {
             let status = match self.node_states[i] {
                 State::Running => tokio::time::timeout(SAMPLE_TIMEOUT, self.node_clients[i].node_status())
@@ -353,6 +366,23 @@ impl<'a> Run<'a> {
                     .and_then(Result::ok),
                 _ => None,
             };
+            let rss_bytes = match self.node_states[i] {
+                State::Killed => None,
+                _ => self.cluster.nodes[i].pid().and_then(rss_bytes),
+            };
+            let disk = status.as_ref().and_then(|s| s.disk.as_ref());
+            self.resources[i].observe(
+                self.marks.node_generation[i],
+                rss_bytes,
+                disk.map(|d| (d.used_bytes, d.quota_bytes)),
+            );
+            nodes.push(NodeSample {
+                rss_bytes,
+                disk_used_bytes: disk.map(|d| d.used_bytes),
+                disk_quota_bytes: disk.map(|d| d.quota_bytes),
+                pressure: disk.map(|d| d.pressure.clone()),
+                requests_in_flight: status.as_ref().and_then(|s| s.admission).map(|a| a.requests_in_flight),
+            });
             match &status {
                 Some(s) => {
                     backlog = backlog.map(|b| b + s.backlog_events());
@@ -379,7 +409,8 @@ impl<'a> Run<'a> {
             self.logged_ids.extend(new);
             self.track_relay_watermarks(out).await?;
         }
-        let sample = ProgressSample { t_s: self.t(), accepted, backlog, replicated, links };
+        let lanes = self.ledger.lane_totals();
+        let sample = ProgressSample { t_s: self.t(), accepted, backlog, replicated, links, lanes, nodes };
         let show = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
         let relay = match self.relay_state {
             State::Running if replicated.is_some() => "up",
@@ -391,7 +422,7 @@ impl<'a> Run<'a> {
             Some(p) => p.rules().rules().iter().map(|a| format!("{} ({})", a.rule(), a.dirs())).collect(),
             None => Vec::new(),
         };
-        writeln!(
+        write!(
             out,
             "[{:6.1}s] accepted {:7} (+{:5})  backlog {:>7}  replicated {:>7}  link {}  relay {}  net {}",
             sample.t_s,
@@ -403,6 +434,25 @@ impl<'a> Run<'a> {
             relay,
             if rules.is_empty() { "healthy".to_owned() } else { rules.join(", ") }
         )?;
+        if sample.lanes.values().any(|l| l.shed > 0) {
+            let shed: Vec<String> = by_priority(sample.lanes.keys())
+                .into_iter()
+                .map(|lane| format!("{lane} {}", sample.lanes[lane].shed))
+                .collect();
+            write!(out, "  shed {}", shed.join(" "))?;
+        }
+        for n in &sample.nodes {
+            if let Some(rss) = n.rss_bytes {
+                write!(out, "  rss {}", mib(rss))?;
+            }
+            if let (Some(used), Some(quota), Some(pressure)) =
+                (n.disk_used_bytes, n.disk_quota_bytes, &n.pressure)
+                && self.scenario.disk_quota_bytes.is_some()
+            {
+                write!(out, "  disk {} of {} {pressure}", mib(used), mib(quota))?;
+            }
+        }
+        writeln!(out)?;
         out.flush()?;
         self.last_accepted = accepted;
         self.progress.push(sample.clone());
@@ -598,6 +648,25 @@ impl<'a> Run<'a> {
             }
         }
 
+        let mut node_shed: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (i, client) in self.node_clients.iter().enumerate() {
+            let Ok(Ok(status)) = tokio::time::timeout(SAMPLE_TIMEOUT, client.node_status()).await else {
+                continue;
+            };
+            for (lane, l) in &status.lanes {
+                let counts = node_shed.entry(lane.clone()).or_default();
+                for (reason, n) in l.shed.by_reason() {
+                    *counts.entry(reason.to_owned()).or_default() += n;
+                }
+            }
+            let disk = status.disk.as_ref();
+            self.resources[i].note_end(
+                disk.map(|d| d.pressure.clone()),
+                disk.map_or(0, |d| d.pruned_under_pressure),
+                disk.map_or(0, |d| d.compactions),
+            );
+        }
+
         let log = tokio::time::timeout(Duration::from_secs(60), check::fetch_log(&self.relay_client))
             .await
             .context("reading the relay log timed out")?
@@ -630,6 +699,17 @@ impl<'a> Run<'a> {
             || "every daemon ran until it was stopped".to_owned(),
             &self.crashes,
         ));
+        let expectations =
+            judge_expectations(&self.scenario.expectations, &data.lanes, self.t0, &self.progress);
+        verdicts.push(shedding_verdict(&report, &expectations, data.counts.shed_answers));
+        let usage: Vec<_> = self.resources.iter().map(|r| r.usage().clone()).collect();
+        let (bounded, detail) = judge_limits(&self.scenario.limits, &usage);
+        verdicts.push(InvariantVerdict {
+            name: INVARIANTS[BOUNDED_RESOURCES].0.to_owned(),
+            statement: INVARIANTS[BOUNDED_RESOURCES].1.to_owned(),
+            holds: bounded,
+            detail,
+        });
         let ok = verdicts.iter().all(|v| v.holds);
         let mut proxy = ProxyStats::default();
         for p in &self.proxies {
@@ -663,12 +743,17 @@ impl<'a> Run<'a> {
                 requests: data.counts.requests,
                 retries: data.counts.retries,
                 duplicate_answers: data.counts.duplicates,
+                shed_answers: data.counts.shed_answers,
+                shed: c.shed,
             },
             timeline: self.timeline,
             progress: self.progress,
             violations: report.violations.iter().map(ToString::to_string).collect(),
             observations: self.observations,
             proxy,
+            lanes: lane_reports(&data.lanes, &node_shed, self.t0),
+            resources: usage,
+            expectations,
             log_tails,
         };
         writeln!(out, "{report_out}")?;
@@ -696,4 +781,86 @@ impl<'a> Run<'a> {
         };
         InvariantVerdict { name: name.to_owned(), statement: statement.to_owned(), holds, detail }
     }
+}
+
+/// The `shedding` verdict: the exactly-once check's shed violations (a shed event in the
+/// log, a shed answer without `Retry-After`) and the scenario's expectation windows.
+fn shedding_verdict(
+    report: &check::Report,
+    expectations: &[ExpectationVerdict],
+    answers: u64,
+) -> InvariantVerdict {
+    let (name, statement) = INVARIANTS[SHEDDING];
+    let (violations, kept) = violations_of(report, name);
+    let failed: Vec<String> = expectations
+        .iter()
+        .filter(|e| !e.holds)
+        .map(|e| format!("expected {}: {}", e.window, e.detail))
+        .collect();
+    let holds = violations == 0 && failed.is_empty();
+    let detail = if holds {
+        format!(
+            "{answers} shed answers, each with Retry-After; {} shed events, none logged; {} expectation windows held",
+            report.counts.shed,
+            expectations.len()
+        )
+    } else {
+        let first: Vec<String> =
+            failed.into_iter().chain(kept.iter().map(ToString::to_string)).take(5).collect();
+        format!(
+            "{violations} violations, {} expectation windows failed: {}",
+            expectations.iter().filter(|e| !e.holds).count(),
+            first.join("; ")
+        )
+    };
+    InvariantVerdict { name: name.to_owned(), statement: statement.to_owned(), holds, detail }
+}
+
+/// The per-lane part of the report: created events and shed answers as the scanners were
+/// told, next to the nodes' own counts.
+fn lane_reports(
+    lanes: &BTreeMap<String, LaneAnswers>,
+    node_shed: &BTreeMap<String, BTreeMap<String, u64>>,
+    t0: Instant,
+) -> Vec<LaneReport> {
+    let at = |t: &Instant| t.saturating_duration_since(t0).as_secs_f64();
+    by_priority(lanes.keys().chain(node_shed.keys()))
+        .into_iter()
+        .map(|lane| {
+            let answers = lanes.get(lane);
+            let shed = answers
+                .into_iter()
+                .flat_map(|a| &a.shed)
+                .map(|(reason, times)| ShedTally {
+                    status: reason.status,
+                    reason: reason.error.clone(),
+                    answers: times.len() as u64,
+                    first_t_s: times.first().map_or(0.0, at),
+                    last_t_s: times.last().map_or(0.0, at),
+                })
+                .collect();
+            LaneReport {
+                lane: lane.clone(),
+                created: answers.map_or(0, |a| a.created.len() as u64),
+                shed,
+                node_shed: node_shed.get(lane).cloned().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Lane names without repeats, most urgent first (as the node lists them), then any
+/// other name.
+fn by_priority<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut names: Vec<&String> = names.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+    names.sort_by_key(|lane| LANES.iter().position(|l| l == lane).unwrap_or(LANES.len()));
+    names
+}
+
+/// The resident set of process `pid` (`VmRSS` in `/proc/PID/status`), if it can be read.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }

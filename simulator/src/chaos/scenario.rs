@@ -31,6 +31,12 @@
 //! check = true
 //! ```
 //!
+//! Overload scenarios also set node limits (`[nodes] disk_quota_bytes`,
+//! `requests_in_flight_max`), change the scanners' rate on the timeline (`rate = 2000` at a
+//! step), and state what must be seen: `[[expect]]` windows of the timeline in which named
+//! lanes must be shed, spared or accepted ([`Expectation`]), and `[limits]` on the node's
+//! memory and disk use for the whole run ([`Limits`]).
+//!
 //! The README's chaos section documents every key.
 
 use std::collections::BTreeMap;
@@ -103,6 +109,12 @@ pub struct ScenarioFile {
     /// The timeline.
     #[serde(default, rename = "step")]
     pub steps: Vec<StepFile>,
+    /// What the scanners must have been told within windows of the timeline.
+    #[serde(default, rename = "expect")]
+    pub expectations: Vec<ExpectFile>,
+    /// Bounds on the nodes' resources over the whole run.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_seed() -> u64 {
@@ -128,6 +140,10 @@ pub struct NodesFile {
     /// Extra flags for every node, such as `["--retention", "1h"]`.
     #[serde(default)]
     pub args: Vec<String>,
+    /// The store's disk quota (`--disk-quota-bytes`); the node's default when absent.
+    pub disk_quota_bytes: Option<u64>,
+    /// Most posts in flight (`--requests-in-flight-max`); the node's default when absent.
+    pub requests_in_flight_max: Option<usize>,
 }
 
 fn one() -> usize {
@@ -136,7 +152,13 @@ fn one() -> usize {
 
 impl Default for NodesFile {
     fn default() -> NodesFile {
-        NodesFile { count: 1, ids: Vec::new(), args: Vec::new() }
+        NodesFile {
+            count: 1,
+            ids: Vec::new(),
+            args: Vec::new(),
+            disk_quota_bytes: None,
+            requests_in_flight_max: None,
+        }
     }
 }
 
@@ -147,7 +169,9 @@ pub struct WorkloadFile {
     /// Scanners per node.
     #[serde(default = "default_scanners")]
     pub scanners: usize,
-    /// Target of new events per second per node (approximate: it sets the scanners' pause).
+    /// Target of new events per second per node (it sets the interval between each
+    /// scanner's request starts; a node slower than that gets one request per scanner at
+    /// a time).
     #[serde(default = "default_rate")]
     pub rate: f64,
     /// Share of requests that carry an array of events.
@@ -171,6 +195,14 @@ pub struct WorkloadFile {
     /// How long a scanner retries one request before it gives up.
     #[serde(default = "default_give_up")]
     pub give_up_after: String,
+    /// Longest a scanner waits before posting a shed event again, whatever the answer's
+    /// `Retry-After` says (the node asks for up to 60 s; test runs are shorter).
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max: String,
+    /// Bytes of padding in each event's `attrs`, so that events have the size of real
+    /// telemetry and a disk quota fills within a scenario.
+    #[serde(default)]
+    pub attrs_bytes: usize,
 }
 
 fn default_scanners() -> usize {
@@ -197,6 +229,9 @@ fn default_invalid_rate() -> f64 {
 fn default_give_up() -> String {
     "120s".to_owned()
 }
+fn default_retry_after_max() -> String {
+    "2s".to_owned()
+}
 
 impl Default for WorkloadFile {
     fn default() -> WorkloadFile {
@@ -210,6 +245,8 @@ impl Default for WorkloadFile {
             invalid_rate: default_invalid_rate(),
             kinds: BTreeMap::new(),
             give_up_after: default_give_up(),
+            retry_after_max: default_retry_after_max(),
+            attrs_bytes: 0,
         }
     }
 }
@@ -275,9 +312,56 @@ pub struct StepFile {
     pub down: Option<String>,
     /// `stop` or `start` the scanners.
     pub scanners: Option<String>,
+    /// New events per second per node from this step on (it sets the interval between each
+    /// scanner's request starts).
+    pub rate: Option<f64>,
     /// The final step: stop the scanners, heal, thaw and start everything, wait for
     /// convergence within the budget and check.
     pub check: Option<bool>,
+}
+
+/// One `[[expect]]` table: what the scanners must have been told within a window of the
+/// timeline. Lanes are `critical`, `standard` and `bulk`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectFile {
+    /// Start of the window, from the start of the timeline (scaled like step times).
+    pub from: String,
+    /// End of the window (at most the `check` step's time).
+    pub to: String,
+    /// Printed with the verdict.
+    pub note: Option<String>,
+    /// Lanes that got at least one shed answer (of `reason`, when given) in the window.
+    #[serde(default)]
+    pub shed: Vec<String>,
+    /// Lanes that got no shed answer at all in the window, whatever the reason.
+    #[serde(default)]
+    pub not_shed: Vec<String>,
+    /// Lanes that had at least one event created (201) in the window.
+    #[serde(default)]
+    pub accepted: Vec<String>,
+    /// The error code `shed` and `shed_order` count: `overloaded`, `disk_quota`,
+    /// `disk_full` or `store_failed`; every one when absent.
+    pub reason: Option<String>,
+    /// Lanes whose first shed answer (of `reason`) in the window came in this order; each
+    /// must have one.
+    #[serde(default)]
+    pub shed_order: Vec<String>,
+    /// Every node's disk pressure in the last progress sample of the window: `normal`,
+    /// `shedding_bulk`, `shedding_standard` or `full`.
+    pub pressure: Option<String>,
+}
+
+/// The `[limits]` table: bounds on each node's resources that must hold at every progress
+/// sample of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most a node's resident set (`VmRSS`) may grow above its first sample after a start.
+    pub rss_growth_max_bytes: Option<u64>,
+    /// Most a node's store may occupy on disk above its quota (`disk.used_bytes` minus
+    /// `disk.quota_bytes` in `/v1/status`): the quota is checked once per commit.
+    pub disk_over_quota_max_bytes: Option<u64>,
 }
 
 /// Which process a process fault hits.
@@ -343,6 +427,8 @@ pub enum Action {
     Process(Who, ProcessFault),
     /// Start (`true`) or stop the scanners.
     Scanners(bool),
+    /// New events per second per node.
+    Rate(f64),
     /// Heal, converge and check.
     Check,
 }
@@ -377,6 +463,38 @@ pub struct Workload {
     pub kinds: Vec<(String, u32)>,
     /// Retry budget of one request.
     pub give_up_after: Duration,
+    /// Longest wait before a shed event is posted again.
+    pub retry_after_max: Duration,
+    /// Padding bytes per event.
+    pub attrs_bytes: usize,
+}
+
+impl Workload {
+    /// The mean interval between a scanner's request starts that makes `scanners`
+    /// scanners post about `rate` new events per second per node (at most 10 s).
+    pub fn interval_for(&self, rate: f64) -> Duration {
+        let mean_items =
+            (1.0 - self.array_ratio) + self.array_ratio * (2.0 + self.array_events_max as f64) / 2.0;
+        Duration::from_secs_f64((mean_items * self.scanners as f64 / rate).min(10.0))
+    }
+}
+
+/// The lanes, most urgent first.
+pub const LANES: [&str; 3] = ["critical", "standard", "bulk"];
+/// The error codes of shed answers (API.md).
+pub const SHED_REASONS: [&str; 4] = ["overloaded", "disk_quota", "disk_full", "store_failed"];
+/// The disk pressures of `/v1/status`.
+pub const PRESSURES: [&str; 4] = ["normal", "shedding_bulk", "shedding_standard", "full"];
+
+/// What the scanners must have been told within `[from, to]` of the timeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expectation {
+    /// Window start, from the start of the timeline (scaled).
+    pub from: Duration,
+    /// Window end (scaled).
+    pub to: Duration,
+    /// The table as written, its lanes, reason and pressure checked.
+    pub spec: ExpectFile,
 }
 
 /// How to load a scenario file.
@@ -403,14 +521,20 @@ pub struct Scenario {
     pub scale: f64,
     /// Node ids.
     pub nodes: Vec<String>,
-    /// Extra node flags.
+    /// Extra node flags (the `[nodes]` settings included).
     pub node_args: Vec<String>,
+    /// The nodes' disk quota, when the scenario sets one.
+    pub disk_quota_bytes: Option<u64>,
     /// The scanners.
     pub workload: Workload,
     /// The convergence budget after the final heal.
     pub budget: Duration,
     /// The timeline, in time order, ending with [`Action::Check`].
     pub steps: Vec<Step>,
+    /// What must have been seen within windows of the timeline.
+    pub expectations: Vec<Expectation>,
+    /// Bounds on the nodes' resources.
+    pub limits: Limits,
 }
 
 impl Scenario {
@@ -466,16 +590,47 @@ impl Scenario {
         if checks != 1 || steps.last().map(|s| &s.action) != Some(&Action::Check) {
             return Err(invalid("the timeline must end with exactly one `check = true` step".to_owned()));
         }
+        let check_at = steps.last().map_or(Duration::ZERO, |s| s.at);
+        let expectations = file
+            .expectations
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                expectation(e, scale, check_at).map_err(|m| invalid(format!("expectation {}: {m}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut node_args = file.nodes.args;
+        if let Some(bytes) = file.nodes.disk_quota_bytes {
+            if bytes == 0 {
+                return Err(invalid("disk_quota_bytes must be above 0".to_owned()));
+            }
+            node_args.extend(["--disk-quota-bytes".to_owned(), bytes.to_string()]);
+        }
+        if let Some(n) = file.nodes.requests_in_flight_max {
+            if n == 0 {
+                return Err(invalid("requests_in_flight_max must be at least 1".to_owned()));
+            }
+            node_args.extend(["--requests-in-flight-max".to_owned(), n.to_string()]);
+        }
+        let limits = file.limits;
+        if limits.disk_over_quota_max_bytes.is_some() && file.nodes.disk_quota_bytes.is_none() {
+            return Err(invalid(
+                "[limits] disk_over_quota_max_bytes needs [nodes] disk_quota_bytes".to_owned(),
+            ));
+        }
         Ok(Scenario {
             name: file.name,
             description: file.description,
             seed: file.seed,
             scale,
             nodes,
-            node_args: file.nodes.args,
+            node_args,
+            disk_quota_bytes: file.nodes.disk_quota_bytes,
             workload,
             budget,
             steps,
+            expectations,
+            limits,
         })
     }
 
@@ -511,6 +666,7 @@ impl Scenario {
             }
             Action::Scanners(true) => "scanners start".to_owned(),
             Action::Scanners(false) => "scanners stop".to_owned(),
+            Action::Rate(rate) => format!("scanners post {rate} new events/s per node"),
             Action::Check => {
                 format!("check: stop scanners, heal, thaw, start; converge within {:?}", self.budget)
             }
@@ -522,6 +678,9 @@ impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
             writeln!(f, "  {:>7.1}s  {}", step.at.as_secs_f64(), self.describe(&step.action))?;
+        }
+        for e in &self.expectations {
+            writeln!(f, "  expect {e}")?;
         }
         Ok(())
     }
@@ -542,6 +701,13 @@ fn workload(w: &WorkloadFile) -> Result<Workload, String> {
     if w.scanners == 0 || !(w.rate > 0.0 && w.rate.is_finite()) {
         return Err("the workload needs at least one scanner and a rate above 0".to_owned());
     }
+    if w.attrs_bytes > crate::scanner::PAD_BYTES_MAX {
+        return Err(format!(
+            "attrs_bytes = {} is over the {} bytes an event's attrs can carry",
+            w.attrs_bytes,
+            crate::scanner::PAD_BYTES_MAX
+        ));
+    }
     const KINDS: [&str; 8] = ["scan", "receive", "pick", "ship", "dispatch", "adjust", "count", "transfer"];
     if let Some(kind) = w.kinds.keys().find(|k| !KINDS.contains(&k.as_str())) {
         return Err(format!("unknown event kind {kind:?}; the kinds are {}", KINDS.join(", ")));
@@ -559,7 +725,72 @@ fn workload(w: &WorkloadFile) -> Result<Workload, String> {
         invalid_rate: w.invalid_rate,
         kinds: w.kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         give_up_after: duration(&w.give_up_after)?,
+        retry_after_max: duration(&w.retry_after_max)?,
+        attrs_bytes: w.attrs_bytes,
     })
+}
+
+/// Checks an `[[expect]]` table, scaling its window like the steps.
+fn expectation(e: &ExpectFile, scale: f64, check_at: Duration) -> Result<Expectation, String> {
+    let from = duration(&e.from)?.mul_f64(scale);
+    let to = duration(&e.to)?.mul_f64(scale);
+    if from >= to {
+        return Err(format!("the window from {} to {} is empty", e.from, e.to));
+    }
+    if to > check_at {
+        return Err(format!("the window ends at {} after the check step", e.to));
+    }
+    for lane in e.shed.iter().chain(&e.not_shed).chain(&e.accepted).chain(&e.shed_order) {
+        if !LANES.contains(&lane.as_str()) {
+            return Err(format!("unknown lane {lane:?}; the lanes are {}", LANES.join(", ")));
+        }
+    }
+    if let Some(lane) = e.shed.iter().chain(&e.shed_order).find(|l| e.not_shed.contains(l)) {
+        return Err(format!("lane {lane} cannot be both shed and not shed"));
+    }
+    if let Some(reason) = e.reason.as_deref().filter(|r| !SHED_REASONS.contains(r)) {
+        return Err(format!("unknown reason {reason:?}; the reasons are {}", SHED_REASONS.join(", ")));
+    }
+    if let Some(pressure) = e.pressure.as_deref().filter(|p| !PRESSURES.contains(p)) {
+        return Err(format!("unknown pressure {pressure:?}; the pressures are {}", PRESSURES.join(", ")));
+    }
+    let empty = e.shed.is_empty()
+        && e.not_shed.is_empty()
+        && e.accepted.is_empty()
+        && e.shed_order.is_empty()
+        && e.pressure.is_none();
+    if empty {
+        return Err("the expectation expects nothing".to_owned());
+    }
+    Ok(Expectation { from, to, spec: e.clone() })
+}
+
+impl fmt::Display for Expectation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.1}s to {:.1}s:", self.from.as_secs_f64(), self.to.as_secs_f64())?;
+        let e = &self.spec;
+        let reason = e.reason.as_deref().map_or_else(String::new, |r| format!(" by {r}"));
+        let list = |lanes: &[String]| lanes.join(", ");
+        if !e.shed.is_empty() {
+            write!(f, " {} shed{reason};", list(&e.shed))?;
+        }
+        if !e.shed_order.is_empty() {
+            write!(f, " first shed{reason} in the order {};", e.shed_order.join(" < "))?;
+        }
+        if !e.not_shed.is_empty() {
+            write!(f, " {} never shed;", list(&e.not_shed))?;
+        }
+        if !e.accepted.is_empty() {
+            write!(f, " {} accepted;", list(&e.accepted))?;
+        }
+        if let Some(p) = &e.pressure {
+            write!(f, " disk pressure {p} at the end;")?;
+        }
+        if let Some(note) = &e.note {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
+    }
 }
 
 fn probability(what: &str, p: f64) -> Result<f64, String> {
@@ -670,6 +901,12 @@ fn step_actions(
         Some("stop") => now(Action::Scanners(false)),
         Some("start") => now(Action::Scanners(true)),
         Some(other) => return Err(format!("scanners = {other:?}: use stop or start")),
+    }
+    if let Some(rate) = step.rate {
+        if !(rate > 0.0 && rate.is_finite()) {
+            return Err(format!("rate = {rate} must be above 0"));
+        }
+        now(Action::Rate(rate));
     }
     if let Some(text) = &step.random_kills {
         let who = who(text, nodes)?;

@@ -4,9 +4,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Violation, check};
+use super::{Report, Violation, check};
 use crate::api::LogEntry;
-use crate::ledger::{Ack, ConflictPost, LedgerData, Outcome, Posted};
+use crate::ledger::{Ack, ConflictPost, LedgerData, Outcome, Posted, ShedReason};
 
 const EPOCH: &str = "00000000deadbeef";
 
@@ -121,4 +121,34 @@ fn anomalies_are_violations() {
     let mut data = LedgerData::default();
     data.anomalies.push("re-post of x was answered as created".into());
     check_violations(&data, &[], &["idempotent answers: re-post of x"]);
+}
+
+#[test]
+fn a_shed_event_must_not_be_logged_and_shed_answers_are_judged() {
+    let mut data = LedgerData::default();
+    accepted(&mut data, "a", "critical", 1, 2);
+    let shed = Outcome::Shed(ShedReason::of_code("disk_quota"));
+    data.events.insert("s".into(), Posted { payload: payload("s", 1), outcome: shed });
+    let log = [entry(0, "critical", 1, "a", 2)];
+    check_violations(&data, &log, &[]);
+    assert_eq!(check(&data, &log).counts.shed, 1);
+    let log = [entry(0, "critical", 1, "a", 2), entry(1, "critical", 2, "s", 1)];
+    check_violations(&data, &log, &["shed event stored: s was answered 507 disk_quota but is at offset 1"]);
+    data.shed_anomalies.push("429 overloaded without Retry-After".into());
+    check_violations(&data, &log[..1], &["shed answer: 429 overloaded without Retry-After"]);
+}
+
+#[test]
+fn many_violations_of_one_kind_never_hide_another() {
+    let mut data = LedgerData::default();
+    for i in 0..200 {
+        data.anomalies.push(format!("re-post of e{i} was answered as created"));
+    }
+    accepted(&mut data, "a", "critical", 1, 2);
+    let log = [entry(0, "critical", 1, "a", 2), entry(1, "critical", 2, "a", 2)];
+    let report = check(&data, &log);
+    assert_eq!(report.violations_total, 201);
+    assert_eq!((report.total_of("answer"), report.total_of("duplicated")), (200, 1));
+    assert_eq!(report.violations.len(), Report::VIOLATIONS_MAX + 1);
+    assert!(report.violations.iter().any(|v| matches!(v, Violation::Duplicated { .. })), "{report}");
 }

@@ -471,3 +471,39 @@ fn batches_beyond_the_window_are_violations() {
         ProtocolViolation::BeyondWindow { lane: Lane::Bulk, last: window + 1, window_end: window }
     );
 }
+
+#[test]
+fn the_window_is_counted_from_the_durable_watermark() {
+    // Batches of at most 8 events, so the default window is 64 events past `durable`.
+    let mut r = welcomed([0, 0, 0]);
+    let window = u64::from(crate::wire::BATCHES_IN_FLIGHT_MAX) * 8;
+    let beyond =
+        |last, window_end| ProtocolViolation::BeyondWindow { lane: Lane::Standard, last, window_end };
+    // Accepted but not committed: `pending` moves, the window does not.
+    check_batch(&mut r, batch(Lane::Standard, 1, 8), Some((1, 8)), &[]);
+    check_batch(&mut r, batch(Lane::Standard, window - 7, window), None, &[resync(Lane::Standard, 9)]);
+    let err = r.handle_batch(batch(Lane::Standard, window + 1, window + 1)).unwrap_err();
+    assert_eq!(err, beyond(window + 1, window));
+    // A commit slides it: the same batch is now inside, one further is not.
+    r.handle_committed(Lane::Standard, Seq::new(8).unwrap());
+    assert_eq!(drain(&mut r), [ack(Lane::Standard, 8)]);
+    check_batch(&mut r, batch(Lane::Standard, window + 1, window + 8), None, &[]);
+    let err = r.handle_batch(batch(Lane::Standard, window + 2, window + 9)).unwrap_err();
+    assert_eq!(err, beyond(window + 9, window + 8));
+}
+
+#[test]
+fn a_busy_relay_refuses_with_its_hint_and_opens_no_session() {
+    let uri = "outpost://eu-west/store-0042";
+    let mut r = Receiver::new(config("eu-west", 8), identity(uri));
+    let refuse = r.refuse_busy(1_500);
+    assert_eq!(refuse.reason, RefuseReason::Busy { retry_after_ms: 1_500 });
+    assert_eq!(
+        refuse.to_string(),
+        "refused (busy): relay relay-1 is at its connection limit; retry after 1500 ms"
+    );
+    assert_eq!(drain(&mut r), [Message::Refuse(refuse)]);
+    assert_eq!(r.epoch(), None);
+    let err = r.handle_batch(batch(Lane::Bulk, 1, 1)).unwrap_err();
+    assert_eq!(err, ProtocolViolation::Unexpected("batch before hello"));
+}

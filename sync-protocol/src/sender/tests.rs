@@ -1,5 +1,5 @@
 //! Sender tests: dialing, the Hello, where batches start, the window and batch limits,
-//! acks and resyncs, refusals, and the reconnect backoff.
+//! acks and resyncs, refusals, and the reconnect backoff (and a busy relay's retry hint).
 
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -370,6 +370,95 @@ fn a_welcome_resets_the_backoff() {
         sender.handle_disconnected(now, &mut rng);
         let delay = sender.poll_timeout().unwrap() - now;
         assert!(delay <= config.backoff_base, "seed {seed}: {delay:?} after a welcome");
+    }
+}
+
+fn busy(retry_after_ms: u32) -> Message {
+    Message::Refuse(Refuse {
+        reason: RefuseReason::Busy { retry_after_ms },
+        message: format!("relay relay-1 is at its connection limit; retry after {retry_after_ms} ms"),
+    })
+}
+
+/// For each of `seeds` seeds: the seed, a sender with nothing stored that may dial at
+/// `t0`, and the seeded rng of its jitter.
+fn seeded(config: &SenderConfig, seeds: u64, t0: Instant) -> impl Iterator<Item = (u64, Sender, StdRng)> {
+    (0..seeds).map(move |seed| {
+        let sender = Sender::new(config.clone(), PerLane::default(), PerLane::default(), t0);
+        (seed, sender, StdRng::seed_from_u64(seed))
+    })
+}
+
+/// The delay `sender` plans after a refusal `refuse` on a fresh connection at `now`.
+fn delay_after(sender: &mut Sender, refuse: Message, now: Instant, rng: &mut StdRng) -> Duration {
+    sender.handle_timeout(now);
+    assert_eq!(events(sender), [SenderEvent::Connect]);
+    sender.handle_connected(now);
+    sender.handle_message(refuse, now).unwrap();
+    assert!(matches!(events(sender)[..], [SenderEvent::Refused(_)]));
+    sender.handle_disconnected(now, rng);
+    sender.poll_timeout().unwrap() - now
+}
+
+#[test]
+fn a_busy_relay_is_left_alone_for_its_hint_plus_full_jitter() {
+    let t0 = origin();
+    let hint = ms(5_000);
+    let mut delays = Vec::new();
+    for (seed, mut sender, mut rng) in seeded(&config(8, 2), 1_000, t0) {
+        let delay = delay_after(&mut sender, busy(5_000), t0, &mut rng);
+        assert!(delay >= hint, "seed {seed}: {delay:?} is sooner than the hint");
+        assert!(delay <= hint * 2, "seed {seed}: {delay:?} is over twice the hint");
+        delays.push(delay);
+    }
+    // Spread over the whole of [hint, 2 * hint], so a crowd turned away together does
+    // not come back together: about a tenth in each tenth of the range.
+    delays.sort();
+    assert!(delays[0] <= hint + hint / 100, "shortest {:?}", delays[0]);
+    assert!(delays[999] >= hint * 2 - hint / 100, "longest {:?}", delays[999]);
+    for tenth in 0..10u32 {
+        let (from, to) = (hint + hint * tenth / 10, hint + hint * (tenth + 1) / 10);
+        let n = delays.iter().filter(|d| **d >= from && **d < to).count();
+        assert!((50..=150).contains(&n), "{n} of 1000 delays in [{from:?}, {to:?})");
+    }
+}
+
+#[test]
+fn a_busy_hint_applies_once_and_other_refusals_keep_the_backoff() {
+    let config = SenderConfig { backoff_base: ms(100), backoff_max: ms(1_000), ..config(8, 2) };
+    let t0 = origin();
+    for (seed, mut sender, mut rng) in seeded(&config, 100, t0) {
+        let mut now = t0;
+        // A refusal for another reason: the ordinary first backoff.
+        let mismatch = Refuse { reason: RefuseReason::IdentityMismatch, message: "hello claims x".into() };
+        let delay = delay_after(&mut sender, Message::Refuse(mismatch), now, &mut rng);
+        assert!(delay <= config.backoff_base, "seed {seed}: {delay:?} after a mismatch");
+        now += delay;
+        // Busy: the hint, even though the backoff alone would be shorter.
+        let delay = delay_after(&mut sender, busy(2_000), now, &mut rng);
+        assert!((ms(2_000)..=ms(4_000)).contains(&delay), "seed {seed}: {delay:?} after busy");
+        now += delay;
+        // The next failure is a plain one (a lost connection): the backoff again, which
+        // kept growing underneath (third failure: bound of 400 ms).
+        sender.handle_timeout(now);
+        sender.handle_connected(now);
+        sender.handle_disconnected(now, &mut rng);
+        let delay = sender.poll_timeout().unwrap() - now;
+        assert!(delay <= ms(400), "seed {seed}: {delay:?} after a plain failure");
+    }
+}
+
+#[test]
+fn busy_hints_are_capped_and_a_zero_hint_is_no_hint() {
+    let config = SenderConfig { backoff_base: ms(100), retry_after_max: ms(60_000), ..config(8, 2) };
+    let t0 = origin();
+    for (seed, mut sender, mut rng) in seeded(&config, 100, t0) {
+        let delay = delay_after(&mut sender, busy(u32::MAX), t0, &mut rng);
+        assert!((ms(60_000)..=ms(120_000)).contains(&delay), "seed {seed}: {delay:?} for a 49-day hint");
+    }
+    for (seed, mut sender, mut rng) in seeded(&config, 100, t0) {
+        let delay = delay_after(&mut sender, busy(0), t0, &mut rng);
+        assert!(delay <= config.backoff_base, "seed {seed}: {delay:?} for a zero hint");
     }
 }
 

@@ -160,6 +160,12 @@ fn variant_indices_never_move() {
         let frame = Message::Refuse(Refuse { reason, message: String::new() }).encode();
         assert_eq!(body(&frame), [2, index as u8, 0], "{reason:?}");
     }
+    // The hint follows its variant's index as a varint: 300 is 0xac 0x02.
+    let busy = Message::Refuse(Refuse {
+        reason: RefuseReason::Busy { retry_after_ms: 300 },
+        message: String::new(),
+    });
+    assert_eq!(body(&busy.encode()), [2, 4, 0xac, 0x02, 0]);
 }
 
 #[test]
@@ -169,6 +175,7 @@ fn refuse_reasons_have_stable_names() {
     assert_eq!(RefuseReason::UnsupportedVersion.as_str(), "unsupported_version");
     assert_eq!(RefuseReason::WrongRegion.as_str(), "wrong_region");
     assert_eq!(RefuseReason::Superseded.as_str(), "superseded");
+    assert_eq!(RefuseReason::Busy { retry_after_ms: 1_000 }.as_str(), "busy");
 }
 
 #[test]
@@ -479,12 +486,15 @@ fn valid_record() -> impl Strategy<Value = Record> {
 }
 
 fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
-    prop::sample::select(vec![
-        RefuseReason::UnsupportedVersion,
-        RefuseReason::IdentityMismatch,
-        RefuseReason::WrongRegion,
-        RefuseReason::Superseded,
-    ])
+    prop_oneof![
+        prop::sample::select(vec![
+            RefuseReason::UnsupportedVersion,
+            RefuseReason::IdentityMismatch,
+            RefuseReason::WrongRegion,
+            RefuseReason::Superseded,
+        ]),
+        any::<u32>().prop_map(|retry_after_ms| RefuseReason::Busy { retry_after_ms }),
+    ]
 }
 
 fn message() -> impl Strategy<Value = Message> {

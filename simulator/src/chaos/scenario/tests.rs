@@ -118,3 +118,89 @@ fn every_shipped_scenario_parses_in_both_variants() {
         }
     }
 }
+
+const BURST: &str = r#"
+name = "burst"
+[nodes]
+disk_quota_bytes = 4000000
+requests_in_flight_max = 8
+[workload]
+scanners = 8
+rate = 200
+attrs_bytes = 600
+retry_after_max = "1s"
+[[step]]
+at = "10s"
+rate = 2000
+[[step]]
+at = "20s"
+rate = 200
+[[step]]
+at = "30s"
+check = true
+[[expect]]
+from = "10s"
+to = "20s"
+reason = "overloaded"
+shed = ["bulk"]
+not_shed = ["critical"]
+accepted = ["critical"]
+[[expect]]
+from = "20s"
+to = "30s"
+shed_order = ["bulk", "standard"]
+pressure = "normal"
+[limits]
+rss_growth_max_bytes = 50331648
+disk_over_quota_max_bytes = 1048576
+"#;
+
+#[test]
+fn overload_keys_become_node_flags_rate_steps_expectations_and_limits() {
+    let s = parse(BURST, 0.5).unwrap();
+    assert_eq!(s.node_args, ["--disk-quota-bytes", "4000000", "--requests-in-flight-max", "8"]);
+    assert_eq!(s.disk_quota_bytes, Some(4_000_000));
+    assert_eq!(s.workload.attrs_bytes, 600);
+    assert_eq!(s.workload.retry_after_max, Duration::from_secs(1));
+    let rates: Vec<(f64, Action)> = s.steps.iter().map(|s| (s.at.as_secs_f64(), s.action.clone())).collect();
+    assert_eq!(rates[..2], [(5.0, Action::Rate(2000.0)), (10.0, Action::Rate(200.0))]);
+    assert_eq!(s.expectations.len(), 2);
+    let burst = &s.expectations[0];
+    assert_eq!((burst.from, burst.to), (Duration::from_secs(5), Duration::from_secs(10)));
+    assert_eq!(burst.spec.reason.as_deref(), Some("overloaded"));
+    assert_eq!(
+        (burst.spec.shed.as_slice(), burst.spec.not_shed.as_slice()),
+        (&["bulk".to_owned()][..], &["critical".to_owned()][..])
+    );
+    assert_eq!(s.expectations[1].spec.pressure.as_deref(), Some("normal"));
+    assert_eq!(s.limits.rss_growth_max_bytes, Some(48 << 20));
+    assert_eq!(s.limits.disk_over_quota_max_bytes, Some(1 << 20));
+    // Ten scanners posting single events, 100 events/s in all: each starts one every 0.1 s.
+    let mut w = s.workload.clone();
+    (w.scanners, w.array_ratio) = (10, 0.0);
+    assert_eq!(w.interval_for(100.0), Duration::from_millis(100));
+}
+
+#[test]
+fn impossible_overload_settings_are_refused_with_the_reason() {
+    let with = |extra: &str| format!("name = \"x\"\n{extra}\n[[step]]\nat = \"10s\"\ncheck = true\n");
+    check_invalid(&with("[nodes]\nrequests_in_flight_max = 0"), "requests_in_flight_max must be at least 1");
+    check_invalid(&with("[nodes]\ndisk_quota_bytes = 0"), "disk_quota_bytes must be above 0");
+    check_invalid(&with("[workload]\nattrs_bytes = 100000"), "attrs_bytes = 100000 is over");
+    check_invalid(&with("[limits]\ndisk_over_quota_max_bytes = 1"), "needs [nodes] disk_quota_bytes");
+    check_invalid(
+        "name = \"x\"\n[[step]]\nat = \"1s\"\nrate = -5.0\n[[step]]\nat = \"2s\"\ncheck = true\n",
+        "rate = -5 must be above 0",
+    );
+    let expect = |body: &str| with(&format!("[[expect]]\nfrom = \"1s\"\nto = \"5s\"\n{body}"));
+    check_invalid(&expect("shed = [\"bluk\"]"), "unknown lane \"bluk\"");
+    check_invalid(&expect("shed = [\"bulk\"]\nnot_shed = [\"bulk\"]"), "both shed and not shed");
+    check_invalid(&expect("shed = [\"bulk\"]\nreason = \"tired\""), "unknown reason \"tired\"");
+    check_invalid(&expect("pressure = \"high\""), "unknown pressure \"high\"");
+    check_invalid(&expect(""), "expects nothing");
+    check_invalid(&with("[[expect]]\nfrom = \"5s\"\nto = \"5s\"\nshed = [\"bulk\"]"), "is empty");
+    check_invalid(
+        &with("[[expect]]\nfrom = \"5s\"\nto = \"15s\"\nshed = [\"bulk\"]"),
+        "after the check step",
+    );
+}
