@@ -76,6 +76,7 @@ pub async fn run(
         None => Store::open(&config.data_dir, node_id, new_epoch),
     }
     .map_err(|e| store_err(e.to_string()))?;
+    store.set_retention(config.retention);
     tracing::info!(
         node_id = %creds.identity.node_id,
         region = %creds.identity.region,

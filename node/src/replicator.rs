@@ -422,7 +422,7 @@ impl Replicator {
 
 /// A batch whose acknowledgement has been awaited longer than this raises its lane's
 /// stream to the top priority until the acknowledgement comes, so that a lane below
-/// others is slowed by them but never starved (see [`write_frames`]).
+/// others is slowed by them but never starved (see `write_frames`).
 pub const AGING_AFTER: Duration = Duration::from_secs(2);
 /// How often the session compares the lanes' oldest batches with [`AGING_AFTER`].
 const AGING_CHECK_INTERVAL: Duration = Duration::from_millis(250);

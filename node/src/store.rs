@@ -251,7 +251,8 @@ pub struct Health {
     pub used_bytes: u64,
     /// The write error the store is recovering from, if any.
     pub failure: Option<Failure>,
-    /// Acknowledged events pruned before their retention ended, to make room.
+    /// Acknowledged events past retention pruned at once, to make room, rather than at
+    /// the next prune pass.
     pub pruned_under_pressure: u64,
     /// Compactions done to give pruned space back to the filesystem.
     pub compactions: u64,
@@ -282,6 +283,7 @@ pub struct Store {
     db: Arc<Slot>,
     path: PathBuf,
     quota: Quota,
+    retention_ms: Arc<AtomicU64>,
     health: watch::Receiver<Health>,
     epoch: Epoch,
     commands: mpsc::Sender<Command>,
@@ -320,6 +322,7 @@ impl Store {
         let health = Health { used_bytes: disk::used_bytes(&path), ..Health::default() };
         let (health_tx, health_rx) = watch::channel(health);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
+        let retention_ms = Arc::new(AtomicU64::new(crate::config::DEFAULT_RETENTION.as_millis() as u64));
         let (positions_tx, positions_rx) = watch::channel(positions);
         let (version_tx, version_rx) = watch::channel(version);
         let stats = Arc::new(WriterStats::default());
@@ -328,6 +331,7 @@ impl Store {
             path: path.clone(),
             dir: dir.to_owned(),
             quota,
+            retention_ms: retention_ms.clone(),
             health: health_tx,
             pruned_since_compaction: 0,
             last_compaction: Instant::now().checked_sub(COMPACTION_INTERVAL_MIN).unwrap_or_else(Instant::now),
@@ -345,6 +349,7 @@ impl Store {
             db,
             path,
             quota,
+            retention_ms,
             health: health_rx,
             epoch,
             commands,
@@ -508,6 +513,12 @@ impl Store {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
+    /// Sets how long acknowledged events are kept: pruning under disk pressure takes only
+    /// events older than this, so a retried `event_id` is always recognised within it.
+    pub fn set_retention(&self, retention: std::time::Duration) {
+        self.retention_ms.store(retention.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// The disk quota and its marks.
     pub fn quota(&self) -> Quota {
         self.quota
@@ -624,6 +635,7 @@ struct Writer {
     path: PathBuf,
     dir: PathBuf,
     quota: Quota,
+    retention_ms: Arc<AtomicU64>,
     health: watch::Sender<Health>,
     /// Events pruned under pressure whose space no compaction has given back yet.
     pruned_since_compaction: u64,
@@ -775,9 +787,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Above the bulk mark: prunes acknowledged events, oldest first whatever their
-    /// retention, and compacts the file so the filesystem gets the space back.
-    /// Unacknowledged events are never pruned.
+    /// Above the bulk mark: prunes acknowledged events past retention at once (not at
+    /// the next prune pass) and compacts the file so the filesystem gets the space back.
+    /// Unacknowledged events are never pruned, and neither are events within retention:
+    /// their `event_id`s must still be recognised (API.md's idempotency window).
     fn relieve_pressure(&mut self) {
         let used_bytes = disk::used_bytes(&self.path);
         self.health.send_if_modified(|h| replace_if_changed(&mut h.used_bytes, used_bytes));
@@ -785,7 +798,8 @@ impl Writer {
             return;
         }
         let (reply, mut pruned) = oneshot::channel();
-        self.commit_group(vec![Command::Prune { received_before_ms: u64::MAX, reply }]);
+        let received_before_ms = now_ms().saturating_sub(self.retention_ms.load(Ordering::Relaxed));
+        self.commit_group(vec![Command::Prune { received_before_ms, reply }]);
         if let Ok(Ok(n)) = pruned.try_recv()
             && n > 0
         {
@@ -795,7 +809,7 @@ impl Writer {
                 events = n,
                 used_bytes,
                 quota_bytes = self.quota.bytes,
-                "disk quota pressure: pruned acknowledged events before their retention ended"
+                "disk quota pressure: pruned acknowledged events past retention at once"
             );
         }
         if self.pruned_since_compaction > 0 && self.last_compaction.elapsed() >= COMPACTION_INTERVAL_MIN {

@@ -97,7 +97,10 @@ async fn a_small_quota_sheds_bulk_then_standard_keeps_critical_and_recovers_afte
     const QUOTA: u64 = 4 * MIB;
     // One group commit of these posts occupies far less.
     const ONE_COMMIT: u64 = MIB;
-    let mut cluster = site::offline(vec!["--disk-quota-bytes".into(), QUOTA.to_string()]).await.unwrap();
+    // A short retention: what the relay acknowledged may be pruned soon after, so the
+    // drain makes room within the test.
+    let args = vec!["--disk-quota-bytes".into(), QUOTA.to_string(), "--retention".into(), "1s".into()];
+    let mut cluster = site::offline(args).await.unwrap();
     let mut conn = Conn::connect(cluster.nodes[0].http_addr()).await.unwrap();
     let (scans, picks, ships) = (
         workload("scan-", Mix::Bulk, 50),

@@ -11,8 +11,9 @@
 //!
 //! The writer checks the marks once per group commit, before the group's first event, so
 //! the store passes the quota by at most one commit. Above the bulk mark it also prunes
-//! acknowledged events, oldest first (so those past retention go first), and compacts the
-//! file; unacknowledged events are never pruned.
+//! acknowledged events past retention at once, and compacts the file; unacknowledged
+//! events are never pruned, nor events within retention (their `event_id`s must still be
+//! recognised when a scanner retries).
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

@@ -273,7 +273,8 @@ async fn acknowledged_events_make_room_under_pressure_and_unacknowledged_ones_st
     append_many(&store, "ship", Kind::Ship, 0, 1).await;
     assert_eq!(store.health().pruned_under_pressure, 0);
     assert_eq!(store.read_range(Lane::Bulk, Seq::FIRST, 1).unwrap().len(), 1);
-    // The relay acknowledges all but the last bulk event.
+    // The relay acknowledges all but the last bulk event, and retention ends at once.
+    store.set_retention(std::time::Duration::ZERO);
     let head = store.positions().borrow().get(Lane::Bulk).head;
     store.record_ack(Lane::Bulk, head - 1).await.unwrap();
     let mut rounds = 0;

@@ -136,7 +136,7 @@ pub struct Race {
 }
 
 /// Starts the relay of an offline site holding `buffered` bulk events (and nothing else)
-/// and posts a shipment every [`CRITICAL_EVERY`] on `conn` until the relay holds
+/// and posts a shipment every 10 ms on `conn` until the relay holds
 /// `post_until` bulk events; returns when it holds all of them. Nothing may be in the
 /// critical lane before.
 pub async fn race(
