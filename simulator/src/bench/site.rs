@@ -26,10 +26,13 @@ use crate::process::Node;
 pub const NODE_ID: &str = "store-bench";
 
 /// Starts a relay-less site: the PKI, a prepared relay, and a running node with
-/// `node_args` added to its command line.
+/// `node_args` added to its command line. The node takes as many posts in flight as the
+/// busiest bench has clients (the benches measure capacity, not admission control).
 pub async fn offline(node_args: Vec<String>) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::prepare()?;
-    cluster.add_node(NODE_ID, node_args)?.start().await?;
+    let mut args = vec!["--requests-in-flight-max".to_owned(), "4096".to_owned()];
+    args.extend(node_args);
+    cluster.add_node(NODE_ID, args)?.start().await?;
     Ok(cluster)
 }
 
