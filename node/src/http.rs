@@ -85,12 +85,16 @@ impl IntoResponse for IngestError {
         if let Some(retry_after_s) = self.retry_after_s() {
             body["retry_after_s"] = json!(retry_after_s);
         }
-        let mut response = (self.status(), Json(body)).into_response();
-        if let Some(retry_after_s) = self.retry_after_s() {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
-        }
-        response
+        with_retry_after((self.status(), Json(body)).into_response(), self.retry_after_s())
     }
+}
+
+/// `response` with a `Retry-After` header when there is a wait to ask for.
+fn with_retry_after(mut response: Response, retry_after_s: Option<u64>) -> Response {
+    if let Some(retry_after_s) = retry_after_s {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
+    }
+    response
 }
 
 /// `POST /v1/events`: takes a slot ([`Admission`]), reads the body within the request
@@ -152,11 +156,8 @@ async fn post_events(State(state): State<AppState>, body: Body) -> Result<Respon
                     *slot = Some(item_result(outcome, &id, epoch));
                 }
             }
-            let mut response = (StatusCode::OK, Json(json!({"results": results}))).into_response();
-            if let Some(retry_after_s) = retry_after_s {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_s.into());
-            }
-            Ok(response)
+            let response = (StatusCode::OK, Json(json!({"results": results}))).into_response();
+            Ok(with_retry_after(response, retry_after_s))
         }
     }
 }

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -289,7 +288,8 @@ impl Replicator {
                     for (lane, writer) in lanes.iter() {
                         let oldest = sent.get(lane).front().map(|&(_, at)| at.elapsed());
                         if let Some(writer) = writer {
-                            writer.aged.store(oldest.is_some_and(|age| age > AGING_AFTER), Ordering::Relaxed);
+                            let aged = oldest.is_some_and(|age| age > AGING_AFTER);
+                            writer.aged.send_if_modified(|was| std::mem::replace(was, aged) != aged);
                         }
                     }
                 }
@@ -444,7 +444,7 @@ fn lane_priority(lane: Lane) -> i32 {
 struct LaneWriter {
     frames: mpsc::UnboundedSender<Vec<u8>>,
     /// Set by the session while the lane's oldest batch is older than [`AGING_AFTER`].
-    aged: Arc<AtomicBool>,
+    aged: watch::Sender<bool>,
 }
 
 /// Opens the stream of `lane` with its priority, and starts its writer and the reader of
@@ -459,8 +459,8 @@ async fn open_lane(
     let span = tracing::debug_span!("lane", lane = lane.as_str());
     tokio::spawn(read_frames(recv, inbox.clone()).instrument(span.clone()));
     let (frames, queued) = mpsc::unbounded_channel();
-    let aged = Arc::new(AtomicBool::new(false));
-    tokio::spawn(write_frames(send, lane, queued, aged.clone(), inbox.clone()).instrument(span));
+    let (aged, aged_rx) = watch::channel(false);
+    tokio::spawn(write_frames(send, lane, queued, aged_rx, inbox.clone()).instrument(span));
     Ok(LaneWriter { frames, aged })
 }
 
@@ -476,31 +476,33 @@ async fn write_frames(
     mut send: quinn::SendStream,
     lane: Lane,
     mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
-    aged: Arc<AtomicBool>,
+    mut aged: watch::Receiver<bool>,
     inbox: mpsc::UnboundedSender<Result<Message, ReplicateError>>,
 ) {
     enum Step {
         Queued(Option<Vec<u8>>),
         Wrote(Result<usize, quinn::WriteError>),
-        Tick,
+        /// The aged flag changed (`false`: the session dropped it, stop watching).
+        Aged(bool),
     }
     let mut priority = lane_priority(lane);
-    let mut tick = tokio::time::interval(AGING_CHECK_INTERVAL);
+    let mut watching = true;
     let mut pending: Option<(Vec<u8>, usize)> = None;
     loop {
-        let wanted = if aged.load(Ordering::Relaxed) { AGED_PRIORITY } else { lane_priority(lane) };
+        let wanted = if *aged.borrow() { AGED_PRIORITY } else { lane_priority(lane) };
         if wanted != priority && send.set_priority(wanted).is_ok() {
             priority = wanted;
         }
-        // `write` is cancel-safe: a write that loses the race to the tick wrote nothing.
+        // `write` is cancel-safe: a write that loses the race to a change of the aged flag
+        // wrote nothing.
         let step = match &pending {
             Some((frame, written)) => tokio::select! {
                 wrote = send.write(&frame[*written..]) => Step::Wrote(wrote),
-                _ = tick.tick() => Step::Tick,
+                changed = aged.changed(), if watching => Step::Aged(changed.is_ok()),
             },
             None => tokio::select! {
                 frame = queued.recv() => Step::Queued(frame),
-                _ = tick.tick() => Step::Tick,
+                changed = aged.changed(), if watching => Step::Aged(changed.is_ok()),
             },
         };
         match step {
@@ -521,7 +523,7 @@ async fn write_frames(
                 let _ = inbox.send(Err(ReplicateError::Lost(e.to_string())));
                 return;
             }
-            Step::Tick => {}
+            Step::Aged(still) => watching = still,
         }
     }
 }

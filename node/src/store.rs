@@ -121,6 +121,17 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// The filesystem failure behind this error, if it is one (see [`Failure::of`]).
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            StoreError::Redb(e) => Failure::of(e),
+            StoreError::Failed(failure) => Some(failure.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Turns any of redb's error types into a [`StoreError`] with `.db()?`.
 trait RedbResult<T> {
     fn db(self) -> Result<T, StoreError>;
@@ -775,7 +786,9 @@ impl Writer {
         // The old handle holds the file lock: close it before opening again.
         *slot = None;
         let reopened = open_db(&self.path).and_then(|db| Ok((load_positions(&db)?, db)));
-        let (positions, db) = reopened.map_err(|e| failure_of(&e))?;
+        // Any error counts as a write failure here: the store cannot be used until it opens.
+        let (positions, db) =
+            reopened.map_err(|e| e.failure().unwrap_or_else(|| Failure::Io(e.to_string())))?;
         *slot = Some(db);
         drop(slot);
         self.positions.send_replace(positions);
@@ -861,7 +874,9 @@ impl Writer {
         let mut appended = 0u64;
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let mut overlay = Overlay { replica: &replica, changed: Inventory::new(), version: None };
-        let used_bytes = disk::used_bytes(&self.path);
+        // Measured after the previous commit (`relieve_pressure`, `reopen`, `compact`):
+        // only the writer changes the file, so one measure per commit serves both.
+        let used_bytes = self.health.borrow().used_bytes;
         let started = Instant::now();
         let result = self.db.read(|db| {
             let mut group = Group {
@@ -904,11 +919,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; every request of the group gets an error");
-                let failure = match &e {
-                    StoreError::Redb(e) => Failure::of(e),
-                    StoreError::Failed(failure) => Some(failure.clone()),
-                    _ => None,
-                };
+                let failure = e.failure();
                 if let Some(failure) = &failure {
                     self.health.send_modify(|h| h.failure = Some(failure.clone()));
                 }
@@ -1100,16 +1111,6 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
     let changed = *slot != value;
     *slot = value;
     changed
-}
-
-/// The filesystem failure behind a store error; any other error counts as a write
-/// failure too, since the store cannot be used until it opens again.
-fn failure_of(e: &StoreError) -> Failure {
-    match e {
-        StoreError::Redb(e) => Failure::of(e).unwrap_or_else(|| Failure::Io(e.to_string())),
-        StoreError::Failed(failure) => failure.clone(),
-        other => Failure::Io(other.to_string()),
-    }
 }
 
 /// The tables an append writes.
