@@ -7,7 +7,7 @@
 //! sockets and the store reads.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,7 @@ impl Replicator {
         let mut sender = Sender::new(config, heads, acked, Instant::now());
         sender.handle_inventory_merged(self.store.inventory_version());
         let mut rng = StdRng::from_os_rng();
+        let mut endpoint = None;
         let mut attempt = 0usize;
         loop {
             if let Some(at) = sender.poll_timeout() {
@@ -170,7 +171,8 @@ impl Replicator {
             let addr = self.relays[attempt % self.relays.len()].clone();
             self.set_link(|l| l.state = LinkState::Connecting);
             let span = tracing::info_span!("relay", relay = %addr, epoch = %self.store.epoch());
-            let result = self.session(&mut sender, &addr, &mut shutdown).instrument(span).await;
+            let result =
+                self.session(&mut sender, &addr, &mut endpoint, &mut shutdown).instrument(span).await;
             match result {
                 Ok(Ended::Shutdown) => return,
                 Err(e) => {
@@ -197,9 +199,10 @@ impl Replicator {
         &self,
         sender: &mut Sender,
         addr: &str,
+        endpoint: &mut Option<quinn::Endpoint>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, ReplicateError> {
-        let (endpoint, conn) = self.connect(addr).await?;
+        let (endpoint, conn) = self.connect(addr, endpoint).await?;
         let result = self.drive(sender, &conn, shutdown).await;
         let (code, reason): (u32, &[u8]) = match &result {
             Ok(Ended::Shutdown) => (close::SHUTDOWN, b"node shutting down"),
@@ -208,13 +211,22 @@ impl Replicator {
             Err(_) => (close::SHUTDOWN, b"closing"),
         };
         conn.close(code.into(), reason);
-        endpoint.close(code.into(), reason);
         // Give the close frame a moment to leave; a relay that is gone does not answer.
         let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
         result
     }
 
-    async fn connect(&self, addr: &str) -> Result<(quinn::Endpoint, quinn::Connection), ReplicateError> {
+    /// Dials `addr` from `endpoint`, the replicator's one QUIC endpoint: one UDP socket
+    /// (and one receive buffer of a few MiB) for the life of the process rather than one
+    /// per dial. A node that dials every second through a long outage would otherwise
+    /// allocate and free that buffer every time, and the allocator's heap would creep up
+    /// with the outage. A new endpoint is made for the other address family, or when the
+    /// old one has stopped (its socket failed).
+    async fn connect(
+        &self,
+        addr: &str,
+        endpoint: &mut Option<quinn::Endpoint>,
+    ) -> Result<(quinn::Endpoint, quinn::Connection), ReplicateError> {
         let resolve = |reason: String| ReplicateError::Resolve { addr: addr.to_owned(), reason };
         let (host, _) = split_host_port(addr).map_err(resolve)?;
         let remote: SocketAddr = tokio::net::lookup_host(addr)
@@ -222,19 +234,36 @@ impl Replicator {
             .map_err(|e| resolve(e.to_string()))?
             .next()
             .ok_or_else(|| resolve("no addresses".into()))?;
-        let local: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|e| resolve(format!("{e}")))?;
         let connect_err = |reason: String| ReplicateError::Connect { addr: addr.to_owned(), reason };
-        let endpoint = quinn::Endpoint::client(local).map_err(|e| connect_err(e.to_string()))?;
-        let connecting = endpoint
-            .connect_with(self.client_config.clone(), remote, &host)
-            .map_err(|e| connect_err(e.to_string()))?;
+        let same_family =
+            |e: &quinn::Endpoint| e.local_addr().is_ok_and(|local| local.is_ipv6() == remote.is_ipv6());
+        let from = match endpoint.as_ref().filter(|e| same_family(e)) {
+            Some(e) => e.clone(),
+            None => {
+                let local = SocketAddr::new(
+                    if remote.is_ipv6() {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    },
+                    0,
+                );
+                let made = quinn::Endpoint::client(local).map_err(|e| connect_err(e.to_string()))?;
+                endpoint.insert(made).clone()
+            }
+        };
+        let connecting = from.connect_with(self.client_config.clone(), remote, &host).map_err(|e| {
+            // The endpoint cannot dial (stopped, or its socket failed): the next dial makes
+            // a new one.
+            *endpoint = None;
+            connect_err(e.to_string())
+        })?;
+        // A dial abandoned here is closed when `connecting` is dropped.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| connect_err(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| connect_err(e.to_string()))?;
-        Ok((endpoint, conn))
+        Ok((from, conn))
     }
 
     async fn drive(

@@ -227,11 +227,15 @@ async fn critical_events_overtake_a_draining_bulk_backlog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_memory_stays_bounded_while_the_offline_backlog_grows_to_two_million() {
+async fn node_memory_stays_flat_while_the_offline_backlog_grows_to_two_million() {
     const STEP: u64 = 100_000;
     const EVENTS: u64 = 2_000_000;
     /// PERFORMANCE.md's bound for 10M buffered events.
     const RSS_MAX: u64 = 64 * MIB;
+    /// "Flat": how far the resident set may rise above its size at 100k. redb's page cache
+    /// is full by then; what is left is the odd page of allocator slack (about 3 MiB was
+    /// measured over the 2M).
+    const GROWTH_MAX: u64 = 6 * MIB;
     let cluster = site::offline(Vec::new()).await.unwrap();
     let pid = cluster.nodes[0].pid().unwrap();
     let scans = workload("scan-", Mix::Bulk, 1_000);
@@ -251,11 +255,14 @@ async fn node_memory_stays_bounded_while_the_offline_backlog_grows_to_two_millio
         trace.iter().map(|(n, rss)| format!("{}k {:.1}", n / 1000, *rss as f64 / MIB as f64)).collect();
     let line = line.join(", ");
     eprintln!("node RSS in MiB by events buffered: {line}");
-    // The bound holds; flatness from 100k does not yet: the resident set rises by 15 to
-    // 25 MiB over the first million or so (the page cache warming, and allocator growth
-    // not yet pinned down), which the trace above shows on every run.
     let peak = trace.iter().map(|&(_, rss)| rss).max().unwrap();
     assert!(peak <= RSS_MAX, "RSS peaked at {:.1} MiB: {line}", peak as f64 / MIB as f64);
+    let growth = peak.saturating_sub(trace[0].1);
+    assert!(
+        growth <= GROWTH_MAX,
+        "RSS grew {:.1} MiB from 100k to 2M events: {line}",
+        growth as f64 / MIB as f64
+    );
     assert_eq!(heads(&cluster.nodes[0]).await.unwrap(), Mix::Bulk.lane_counts(EVENTS));
 }
 

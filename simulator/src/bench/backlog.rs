@@ -23,9 +23,8 @@ use crate::cluster::Cluster;
 
 /// PERFORMANCE.md: node RSS with 10M events buffered, in MiB.
 const RSS_TARGET_MIB: f64 = 64.0;
-/// How much the RSS may grow over the second half of the backlog ("flat"). The first
-/// half warms redb's page cache and the allocator's arenas; after that a backlog that
-/// lives on disk costs no more memory.
+/// How much the RSS may grow over the second half of the backlog ("flat"). redb's page
+/// cache is warm long before; a backlog that lives on disk costs no more memory.
 const RSS_GROWTH_MAX_MIB: f64 = 8.0;
 /// PERFORMANCE.md: bytes on disk per buffered event.
 const DISK_TARGET: f64 = 100.0;
