@@ -42,6 +42,7 @@ impl RelayInventory {
 }
 
 pub mod diff;
+pub mod feed;
 
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use node::daemon::{self, ConfigError};
 
 use crate::config::Config;
+use crate::inventory::feed::{INVENTORY_PUSH_INTERVAL, InventoryFeed};
 use crate::metrics::NodeLevels;
 use crate::server::{Connections, Shared};
 use crate::store::Store;
@@ -113,6 +114,7 @@ pub async fn run(
         node_bytes_per_sec_max: config.node_bytes_per_sec_max,
         connections,
         metrics,
+        inventory: InventoryFeed::start(store.clone(), INVENTORY_PUSH_INTERVAL),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let quic = tokio::spawn(server::serve(endpoint, shared.clone(), config.connections_max, stop_rx.clone()));

@@ -27,9 +27,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sync_protocol::wire::{FrameDecoder, Hello, close};
+
+use crate::inventory::feed::InventoryFeed;
 use sync_protocol::{
-    DecodeError, Epoch, InventoryUpdate, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation,
-    Receiver, ReceiverConfig, Refuse, RefuseReason,
+    DecodeError, Epoch, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation, Receiver,
+    ReceiverConfig, Refuse, RefuseReason,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -130,6 +132,8 @@ pub struct Shared {
     pub node_bytes_per_sec_max: u64,
     /// Live connections.
     pub connections: Arc<Connections>,
+    /// The inventory updates for nodes.
+    pub inventory: InventoryFeed,
     /// Everything `/metrics` shows.
     pub metrics: prometheus_client::registry::Registry,
 }
@@ -394,12 +398,12 @@ impl Session {
         // has never heard of the node (it lost its data since, or the node comes from
         // another relay) did not issue that version, nor did one whose offsets have not
         // reached it: start over.
-        let mut versions = self.shared.store.next_offset();
         let mut inventory_sent = self.receiver.node_inventory_version();
-        if !self.known || inventory_sent > *versions.borrow_and_update() {
+        if !self.known || inventory_sent > *self.shared.store.next_offset().borrow() {
             inventory_sent = 0;
         }
-        self.push_inventory(&mut inventory_sent).await?;
+        let mut published = self.shared.inventory.published();
+        self.push_inventory(&mut published, &mut inventory_sent).await?;
         loop {
             tokio::select! {
                 inbound = inbox.recv() => {
@@ -412,11 +416,11 @@ impl Session {
                     done.result?;
                     self.receiver.handle_committed(done.lane, done.through);
                 }
-                changed = versions.changed() => {
+                changed = published.changed() => {
                     if changed.is_err() {
                         return Err(ConnError::Store(StoreError::Closed));
                     }
-                    self.push_inventory(&mut inventory_sent).await?;
+                    self.push_inventory(&mut published, &mut inventory_sent).await?;
                 }
                 e = self.conn.closed() => return Err(ConnError::Lost(e.to_string())),
                 () = stopped(&mut shutdown) => return Err(ConnError::Shutdown),
@@ -539,26 +543,28 @@ impl Session {
         Ok(())
     }
 
-    /// Sends the node every inventory key that changed after `sent`, and moves `sent` on.
-    async fn push_inventory(&mut self, sent: &mut u64) -> Result<(), ConnError> {
+    /// Sends the node every inventory key that changed after `sent` up to the published
+    /// version, and moves `sent` there (see [`crate::inventory::feed`]).
+    async fn push_inventory(
+        &mut self,
+        published: &mut watch::Receiver<u64>,
+        sent: &mut u64,
+    ) -> Result<(), ConnError> {
         // The version first: the state read after it is at least that new, so the node
         // never records a version whose changes it did not get.
-        let current = *self.shared.store.next_offset().borrow();
-        if current == *sent {
+        let current = *published.borrow_and_update();
+        if current <= *sent {
             return Ok(());
         }
-        let chunks = self.shared.store.with_inventory(|inv| inv.changes_since(*sent));
-        let count = chunks.len();
-        for (i, state) in chunks.into_iter().enumerate() {
-            let update = InventoryUpdate { through_version: current, state, complete: i + 1 == count };
-            let Some(Some(control)) = self.streams.first_mut() else {
-                return Err(ConnError::Lost("control stream is gone".into()));
-            };
-            let frame = Message::Inventory(update).encode();
-            control.write_all(&frame).await.map_err(|e| ConnError::Lost(e.to_string()))?;
+        let frames = self.shared.inventory.frames(*sent, current);
+        let Some(Some(control)) = self.streams.first_mut() else {
+            return Err(ConnError::Lost("control stream is gone".into()));
+        };
+        for frame in frames.iter() {
+            control.write_all(frame).await.map_err(|e| ConnError::Lost(e.to_string()))?;
         }
-        if count > 0 {
-            tracing::debug!(from = *sent, through = current, messages = count, "inventory pushed");
+        if !frames.is_empty() {
+            tracing::debug!(from = *sent, through = current, messages = frames.len(), "inventory pushed");
         }
         *sent = current;
         Ok(())

@@ -14,6 +14,7 @@
 pub mod backlog;
 pub mod crdt_merge;
 pub mod drain;
+pub mod fan_in;
 pub mod ingest;
 pub mod limits;
 pub mod load;
@@ -80,6 +81,11 @@ pub const ALL: &[Bench] = &[
         name: "restart",
         about: "start to first 201 with a large store, clean and after kill -9",
         run: backlog::run_restart,
+    },
+    Bench {
+        name: "fan-in",
+        about: "1,000 simulated sites at 100 events/s each into one relay, replication lag",
+        run: fan_in::run,
     },
     Bench { name: "crdt-merge", about: "Inventory::merge of 10k SKUs x 50 actors", run: crdt_merge::run },
 ];
