@@ -7,7 +7,7 @@
 //! sockets and the store reads.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,7 @@ impl Replicator {
         let mut sender = Sender::new(config, heads, acked, Instant::now());
         sender.handle_inventory_merged(self.store.inventory_version());
         let mut rng = StdRng::from_os_rng();
-        let mut endpoint = None;
+        let mut endpoints = Endpoints::default();
         let mut attempt = 0usize;
         loop {
             if let Some(at) = sender.poll_timeout() {
@@ -172,7 +172,7 @@ impl Replicator {
             self.set_link(|l| l.state = LinkState::Connecting);
             let span = tracing::info_span!("relay", relay = %addr, epoch = %self.store.epoch());
             let result =
-                self.session(&mut sender, &addr, &mut endpoint, &mut shutdown).instrument(span).await;
+                self.session(&mut sender, &addr, &mut endpoints, &mut shutdown).instrument(span).await;
             match result {
                 Ok(Ended::Shutdown) => return,
                 Err(e) => {
@@ -199,10 +199,10 @@ impl Replicator {
         &self,
         sender: &mut Sender,
         addr: &str,
-        endpoint: &mut Option<quinn::Endpoint>,
+        endpoints: &mut Endpoints,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, ReplicateError> {
-        let (endpoint, conn) = self.connect(addr, endpoint).await?;
+        let (endpoint, conn) = self.connect(addr, endpoints).await?;
         let result = self.drive(sender, &conn, shutdown).await;
         let (code, reason): (u32, &[u8]) = match &result {
             Ok(Ended::Shutdown) => (close::SHUTDOWN, b"node shutting down"),
@@ -216,16 +216,16 @@ impl Replicator {
         result
     }
 
-    /// Dials `addr` from `endpoint`, the replicator's one QUIC endpoint: one UDP socket
-    /// (and one receive buffer of a few MiB) for the life of the process rather than one
-    /// per dial. A node that dials every second through a long outage would otherwise
-    /// allocate and free that buffer every time, and the allocator's heap would creep up
-    /// with the outage. A new endpoint is made for the other address family, or when the
-    /// old one has stopped (its socket failed).
+    /// Dials `addr` from the replicator's QUIC endpoint for its address family: one UDP
+    /// socket (and one receive buffer of a few MiB) per family for the life of the
+    /// process rather than one per dial. A node that dials every second through a long
+    /// outage would otherwise allocate and free that buffer every time, and the
+    /// allocator's heap would creep up with the outage. An endpoint that has stopped (its
+    /// socket failed) is replaced at once, and the dial made again from the new one.
     async fn connect(
         &self,
         addr: &str,
-        endpoint: &mut Option<quinn::Endpoint>,
+        endpoints: &mut Endpoints,
     ) -> Result<(quinn::Endpoint, quinn::Connection), ReplicateError> {
         let resolve = |reason: String| ReplicateError::Resolve { addr: addr.to_owned(), reason };
         let (host, _) = split_host_port(addr).map_err(resolve)?;
@@ -235,29 +235,18 @@ impl Replicator {
             .next()
             .ok_or_else(|| resolve("no addresses".into()))?;
         let connect_err = |reason: String| ReplicateError::Connect { addr: addr.to_owned(), reason };
-        let same_family =
-            |e: &quinn::Endpoint| e.local_addr().is_ok_and(|local| local.is_ipv6() == remote.is_ipv6());
-        let from = match endpoint.as_ref().filter(|e| same_family(e)) {
-            Some(e) => e.clone(),
-            None => {
-                let local = SocketAddr::new(
-                    if remote.is_ipv6() {
-                        Ipv6Addr::UNSPECIFIED.into()
-                    } else {
-                        Ipv4Addr::UNSPECIFIED.into()
-                    },
-                    0,
-                );
-                let made = quinn::Endpoint::client(local).map_err(|e| connect_err(e.to_string()))?;
-                endpoint.insert(made).clone()
+        let mut fresh = false;
+        let (from, connecting) = loop {
+            let from = endpoints.for_remote(remote).map_err(|e| connect_err(e.to_string()))?;
+            match from.connect_with(self.client_config.clone(), remote, &host) {
+                Ok(connecting) => break (from, connecting),
+                Err(quinn::ConnectError::EndpointStopping) if !fresh => {
+                    endpoints.forget(remote);
+                    fresh = true;
+                }
+                Err(e) => return Err(connect_err(e.to_string())),
             }
         };
-        let connecting = from.connect_with(self.client_config.clone(), remote, &host).map_err(|e| {
-            // The endpoint cannot dial (stopped, or its socket failed): the next dial makes
-            // a new one.
-            *endpoint = None;
-            connect_err(e.to_string())
-        })?;
         // A dial abandoned here is closed when `connecting` is dropped.
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -587,6 +576,36 @@ async fn read_frames(
                 }
             }
         }
+    }
+}
+
+/// The replicator's client endpoints, made on first use: one per address family, so a
+/// node that lists relays of both families keeps both sockets rather than making a new
+/// one each time it turns to the other.
+#[derive(Default)]
+struct Endpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+}
+
+impl Endpoints {
+    fn slot(&mut self, remote: SocketAddr) -> &mut Option<quinn::Endpoint> {
+        if remote.is_ipv6() { &mut self.v6 } else { &mut self.v4 }
+    }
+
+    fn for_remote(&mut self, remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+        let slot = self.slot(remote);
+        if let Some(endpoint) = slot {
+            return Ok(endpoint.clone());
+        }
+        let unspecified: IpAddr =
+            if remote.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+        let made = quinn::Endpoint::client(SocketAddr::new(unspecified, 0))?;
+        Ok(slot.insert(made).clone())
+    }
+
+    fn forget(&mut self, remote: SocketAddr) {
+        *self.slot(remote) = None;
     }
 }
 

@@ -175,7 +175,8 @@ async fn run_sites(
     let dials = Arc::new(Semaphore::new(DIALS_AT_ONCE));
     let connected = Arc::new(AtomicU64::new(0));
     let count = sites.len();
-    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(count);
+    // Each site says once whether it connected, and then lets go of its sender.
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), usize>>(count);
     let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
     let progress = Progress::start(&format!("{label}: connecting"), count as u64, "sites");
     let mut tasks = Vec::with_capacity(count);
@@ -185,25 +186,36 @@ async fn run_sites(
             (dials.clone(), ready_tx.clone(), start_rx.clone(), connected.clone());
         let counter = progress.counter();
         tasks.push(tokio::spawn(async move {
-            let conn = {
-                let _permit = dials.acquire().await?;
-                dial(&endpoint, relay, &credentials).await?
+            let connecting = async {
+                let conn = {
+                    let _permit = dials.acquire().await?;
+                    dial(&endpoint, relay, &credentials).await?
+                };
+                connected.fetch_add(1, Ordering::Relaxed);
+                counter.fetch_add(1, Ordering::Relaxed);
+                SimSite::new(credentials, conn).await
             };
-            connected.fetch_add(1, Ordering::Relaxed);
-            counter.fetch_add(1, Ordering::Relaxed);
-            let site = SimSite::new(credentials, conn).await?;
-            ready_tx.send(()).await.ok();
-            site.run(start_rx, window).await
+            let connected = connecting.await;
+            ready_tx.send(connected.as_ref().map(|_| ()).map_err(|_| i)).await.ok();
+            drop(ready_tx);
+            connected?.run(start_rx, window).await
         }));
     }
     drop(ready_tx);
     for _ in 0..count {
-        if ready_rx.recv().await.is_none() {
-            break;
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            // A site that could not connect fails the run at once, with its error.
+            Some(Err(failed)) => {
+                let task = tasks.swap_remove(failed);
+                tasks.iter().for_each(|task| task.abort());
+                let error = task.await?.err().unwrap_or_else(|| anyhow::anyhow!("did not connect"));
+                return Err(error.context(format!("site {failed} of {count}")));
+            }
+            None => break,
         }
     }
     progress.finish();
-    // Every site that could connect did (a failed one ends its task with the error).
     let start = Instant::now();
     start_tx.send_replace(Some(start));
     let progress = Progress::start(&format!("{label}: replicating"), window.as_secs(), "s");
@@ -355,11 +367,14 @@ impl SimSite {
         let started = started.context("no start")?;
         let until = started + window;
         self.until = Some(until);
-        let mut ticks = tokio::time::interval_at((started + self.phase).into(), TICK);
+        // Every tick due before `until` makes its events, however late the site gets to
+        // it, and they count as made when due: a site that falls behind under load shows
+        // as lag, as its scanners would see it, rather than as fewer events.
+        let mut due = started + self.phase;
         let per_tick = SITE_RATE * TICK.as_millis() as u64 / 1000;
         let drain_by = until + Duration::from_secs(60);
         loop {
-            let making = Instant::now() < until;
+            let making = due < until;
             if !making && self.backlog() == 0 {
                 break;
             }
@@ -370,7 +385,10 @@ impl SimSite {
                 self.backlog()
             );
             tokio::select! {
-                _ = ticks.tick(), if making => self.make(per_tick),
+                () = tokio::time::sleep_until(due.into()), if making => {
+                    self.make(per_tick, due);
+                    due += TICK;
+                }
                 received = self.receive() => received?,
                 _ = tokio::time::sleep(Duration::from_millis(100)), if !making => {}
             }
@@ -384,8 +402,7 @@ impl SimSite {
     }
 
     /// One tick's events: durable at the site (in memory here) and handed to the sender.
-    fn make(&mut self, count: u64) {
-        let now = Instant::now();
+    fn make(&mut self, count: u64, now: Instant) {
         for _ in 0..count {
             let n = self.made;
             self.made += 1;
