@@ -663,6 +663,9 @@ impl Writer {
         // A repair that added nothing wrote nothing, and is not worth an fsync.
         let durability = if outcome.inserted > 0 { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(db)?;
+        // Each commit records redb's allocator state, so that opening the file after a
+        // crash loads it instead of walking the whole log (seconds for a large store).
+        txn.set_quick_repair(true);
         txn.commit().map_err(db)?;
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(
@@ -780,6 +783,9 @@ impl Writer {
         // A group of hellos only is not worth an fsync; it rides with the next append.
         let durability = if *next > start { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(db)?;
+        // Each commit records redb's allocator state, so that opening the file after a
+        // crash loads it instead of walking the whole log (seconds for a large store).
+        txn.set_quick_repair(true);
         txn.commit().map_err(db)?;
         Ok(results)
     }

@@ -944,6 +944,10 @@ impl Writer {
         let mut txn = db.begin_write().db()?;
         let durable = ops.iter().any(|op| !matches!(op, Op::RecordAck { .. }));
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).db()?;
+        // Each commit records redb's allocator state (and commits in two phases), so that
+        // opening the file after a crash loads it rather than walking the whole store:
+        // 12 ms instead of 2.8 s with 10M events (`outpost-sim bench restart`).
+        txn.set_quick_repair(true);
         let mut done = Vec::with_capacity(ops.len());
         {
             let mut events = txn.open_table(EVENTS).db()?;
