@@ -199,7 +199,7 @@ pub struct StoreStatus {
     pub commits: u64,
     /// Events appended.
     pub events_committed: u64,
-    /// Size of the store on disk.
+    /// Bytes the store file occupies on disk (its allocated blocks).
     pub disk_bytes: u64,
 }
 

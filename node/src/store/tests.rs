@@ -87,6 +87,70 @@ async fn reopening_keeps_the_epoch_and_the_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_within_one_group_is_recognised_before_its_id_is_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 42).unwrap();
+    let out = store
+        .append(vec![event("x", Kind::Ship, 1), event("w", Kind::Scan, 0), event("x", Kind::Ship, 1)])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Outcome::Created(p) if p.seq.get() == 1));
+    assert!(matches!(out[2], Outcome::Duplicate(p) if p.lane == Lane::Critical && p.seq.get() == 1));
+    let conflict = store.append(vec![event("x", Kind::Ship, 3)]).await.unwrap();
+    assert!(matches!(conflict[0], Outcome::Conflict(p) if p.seq.get() == 1));
+    let (placed, record) = store.get(&"w".parse().unwrap()).unwrap().expect("w is indexed");
+    assert_eq!((placed.lane, placed.seq.get(), record.event.kind), (Lane::Bulk, 1, Kind::Scan));
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_format_2_is_migrated_on_open_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 7).unwrap();
+    let events = vec![event("a", Kind::Ship, 1), event("b", Kind::Receive, 4), event("c", Kind::Scan, 0)];
+    store.append(events.clone()).await.unwrap();
+    store.close();
+    // Put the events back into format 2's one table, as an older build left them.
+    {
+        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut old = txn.open_table(EVENTS_V2).unwrap();
+            for lane in Lane::ALL {
+                let rows: Vec<(u64, Vec<u8>)> = {
+                    let table = txn.open_table(*EVENTS.get(lane)).unwrap();
+                    table
+                        .iter()
+                        .unwrap()
+                        .map(|r| r.unwrap())
+                        .map(|(k, v)| (k.value(), v.value().to_vec()))
+                        .collect()
+                };
+                for (seq, bytes) in rows {
+                    old.insert((lane as u8, seq), bytes.as_slice()).unwrap();
+                }
+                txn.delete_table(*EVENTS.get(lane)).unwrap();
+            }
+            txn.open_table(META).unwrap().insert("format_version", 2).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path(), node(), || panic!("an existing store draws no new epoch")).unwrap();
+    for (lane, id) in [(Lane::Critical, "a"), (Lane::Standard, "b"), (Lane::Bulk, "c")] {
+        let records = store.read_range(lane, Seq::FIRST, 10).unwrap();
+        assert_eq!(records.iter().map(|r| r.event.event_id.as_str()).collect::<Vec<_>>(), [id]);
+    }
+    let again = store.append(events).await.unwrap();
+    assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
+    store.close();
+    let db = Database::open(dir.path().join(STORE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let version = txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value();
+    assert_eq!(version, FORMAT_VERSION);
+    assert!(txn.open_table(EVENTS_V2).is_err(), "format 2's table is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_takes_only_acknowledged_events() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), node(), || 1).unwrap();
