@@ -322,7 +322,12 @@ async fn get_event(State(state): State<AppState>, Path(event_id): Path<String>) 
             Json(body).into_response()
         }
         Ok(None) => not_found(),
-        Err(e) => IngestError::Unavailable(e.to_string()).into_response(),
+        // After a write error redb reads only what it has cached until the store reopens.
+        Err(e) => {
+            let message = format!("node cannot read its store now: {e}; it recovers by itself");
+            let body = json!({"error": "unavailable", "message": message});
+            with_retry_after((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(), Some(1))
+        }
     }
 }
 
