@@ -159,6 +159,8 @@ pub struct Sender {
     /// The retry hint of a busy relay on this connection, for the next
     /// [`Sender::handle_disconnected`].
     retry_after: Option<Duration>,
+    /// When the current attempt began ([`SenderEvent::Connect`]), until it is welcomed.
+    dialed_at: Option<Instant>,
 }
 
 impl Sender {
@@ -180,6 +182,7 @@ impl Sender {
             events: VecDeque::new(),
             inventory_version: 0,
             retry_after: None,
+            dialed_at: None,
         }
     }
 
@@ -255,6 +258,7 @@ impl Sender {
                         as usize;
                 self.link = Link::Ready;
                 self.attempt = 0;
+                self.dialed_at = None;
                 self.events.push_back(SenderEvent::Welcomed { relay_id: welcome.relay_id });
                 self.fill_windows();
                 Ok(())
@@ -325,21 +329,28 @@ impl Sender {
     /// The connection failed or closed: forget what was in flight and plan the next dial
     /// with exponential backoff and full jitter, or, after a busy relay's refusal, after
     /// its retry hint with as much jitter again on top.
+    ///
+    /// An attempt that was never welcomed spaces dials from the start of one to the start
+    /// of the next: a dial that waited out its timeout (a relay that is down answers
+    /// nothing) has already waited longer than the backoff, and the next goes at once, so
+    /// a returning relay is found within one dial's retransmissions. A connection that
+    /// was up waits from its end, so nodes that lose the relay together come back spread.
     pub fn handle_disconnected(&mut self, now: Instant, rng: &mut impl Rng) {
         // The first failure waits up to `backoff_base`, and each further one up to twice
         // as long as the one before, until `backoff_max`.
         let exp = self.attempt.min(20);
         self.attempt = self.attempt.saturating_add(1);
-        let delay = match self.retry_after.take() {
-            // Uniform in [hint, 2 * hint]: never sooner than the relay asked, and the nodes
-            // it turned away together come back spread over as long again.
-            Some(hint) => hint + jitter(hint, rng),
+        let dialed_at = self.dialed_at.take();
+        let reconnect_at = match self.retry_after.take() {
+            // Uniform in [hint, 2 * hint] from now: never sooner than the relay asked, and
+            // the nodes it turned away together come back spread over as long again.
+            Some(hint) => now + hint + jitter(hint, rng),
             None => {
                 let bound = self.config.backoff_base.saturating_mul(1 << exp).min(self.config.backoff_max);
-                jitter(bound, rng)
+                (dialed_at.unwrap_or(now) + jitter(bound, rng)).max(now)
             }
         };
-        self.link = Link::Idle { reconnect_at: now + delay };
+        self.link = Link::Idle { reconnect_at };
         for state in &mut self.lanes.0 {
             state.in_flight.clear();
             state.next = state.acked + 1;
@@ -353,6 +364,7 @@ impl Sender {
             && now >= reconnect_at
         {
             self.link = Link::Connecting;
+            self.dialed_at = Some(now);
             self.events.push_back(SenderEvent::Connect);
         }
     }

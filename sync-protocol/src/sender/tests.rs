@@ -322,6 +322,49 @@ fn a_failed_dial_waits_for_the_backoff() {
 }
 
 #[test]
+fn backoff_spaces_unwelcomed_dials_from_their_starts_and_a_lost_connection_from_its_end() {
+    let config = SenderConfig { backoff_base: ms(1000), backoff_max: ms(1000), ..config(8, 2) };
+    let t0 = origin();
+    for seed in 0..50 {
+        // A dial that waited out a 2 s timeout has waited longer than any backoff: the next
+        // one goes at once.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sender = Sender::new(config.clone(), PerLane::default(), PerLane::default(), t0);
+        sender.handle_timeout(t0);
+        assert_eq!(events(&mut sender), [SenderEvent::Connect]);
+        let timed_out = t0 + ms(2000);
+        sender.handle_disconnected(timed_out, &mut rng);
+        assert_eq!(sender.poll_timeout(), Some(timed_out), "seed {seed}");
+        // A dial that failed fast waits out the rest of the backoff from its start.
+        sender.handle_timeout(timed_out);
+        events(&mut sender);
+        let failed = timed_out + ms(10);
+        sender.handle_disconnected(failed, &mut rng);
+        let at = sender.poll_timeout().unwrap();
+        assert!(at >= failed && at <= timed_out + ms(1000), "seed {seed}: {at:?}");
+        // A connection that was welcomed waits from its end, however long ago it was dialled.
+        sender.handle_timeout(at);
+        sender.handle_connected(at);
+        sender.handle_message(welcome([0; 3]), at).unwrap();
+        let lost = at + ms(60_000);
+        sender.handle_disconnected(lost, &mut rng);
+        let again = sender.poll_timeout().unwrap();
+        assert!(again >= lost && again <= lost + ms(1000), "seed {seed}: {again:?}");
+    }
+    // Over the seeds, the welcomed case's delay is full jitter from the end, not zero.
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let waits: Vec<Duration> = (0..200)
+        .map(|_| {
+            let mut sender = ready(config.clone(), [0; 3], [0; 3], t0);
+            let lost = t0 + ms(60_000);
+            sender.handle_disconnected(lost, &mut rng);
+            sender.poll_timeout().unwrap() - lost
+        })
+        .collect();
+    assert!(waits.iter().max().unwrap() >= &ms(900), "{waits:?}");
+}
+
+#[test]
 fn backoff_grows_to_the_cap_with_full_jitter() {
     let config = SenderConfig { backoff_base: ms(100), backoff_max: ms(3000), ..config(8, 2) };
     let mut rng = StdRng::seed_from_u64(0x5eed);
