@@ -471,6 +471,15 @@ fn load_inventory(database: &Database) -> Result<RelayInventory, StoreError> {
     Ok(inventory)
 }
 
+/// Commits a writer transaction, with an fsync if `durable`. Each commit records redb's
+/// allocator state (quick-repair), so that opening the file after a crash loads it
+/// instead of walking the whole log (seconds for a large store).
+fn commit(mut txn: redb::WriteTransaction, durable: bool) -> Result<(), StoreError> {
+    txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(db)?;
+    txn.set_quick_repair(true);
+    txn.commit().map_err(db)
+}
+
 /// Milliseconds since the Unix epoch by the relay's clock.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -589,7 +598,7 @@ impl Writer {
             differing: 0,
             beyond_watermark: 0,
         };
-        let mut txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(db)?;
         {
             let mut log = txn.open_table(LOG).map_err(db)?;
             let marks = txn.open_table(WATERMARKS).map_err(db)?;
@@ -661,12 +670,7 @@ impl Writer {
             }
         }
         // A repair that added nothing wrote nothing, and is not worth an fsync.
-        let durability = if outcome.inserted > 0 { Durability::Immediate } else { Durability::None };
-        txn.set_durability(durability).map_err(db)?;
-        // Each commit records redb's allocator state, so that opening the file after a
-        // crash loads it instead of walking the whole log (seconds for a large store).
-        txn.set_quick_repair(true);
-        txn.commit().map_err(db)?;
+        commit(txn, outcome.inserted > 0)?;
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(
                 node,
@@ -692,7 +696,7 @@ impl Writer {
         changed: &mut Inventory,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
-        let mut txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(db)?;
         let start = *next;
         let mut results = Vec::with_capacity(appends.len());
         {
@@ -781,12 +785,7 @@ impl Writer {
             }
         }
         // A group of hellos only is not worth an fsync; it rides with the next append.
-        let durability = if *next > start { Durability::Immediate } else { Durability::None };
-        txn.set_durability(durability).map_err(db)?;
-        // Each commit records redb's allocator state, so that opening the file after a
-        // crash loads it instead of walking the whole log (seconds for a large store).
-        txn.set_quick_repair(true);
-        txn.commit().map_err(db)?;
+        commit(txn, *next > start)?;
         Ok(results)
     }
 }

@@ -393,7 +393,7 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
         "store": {
             "commits": stats.commits.load(Ordering::Relaxed),
             "events_committed": stats.events.load(Ordering::Relaxed),
-            "disk_bytes": state.store.disk_bytes(),
+            "disk_bytes": health.used_bytes,
             "file_bytes": state.store.file_bytes(),
             "failure": failure,
             "read_error": read_error,

@@ -542,11 +542,6 @@ impl Store {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
-    /// Bytes the store file occupies on disk now (its allocated blocks).
-    pub fn disk_bytes(&self) -> u64 {
-        disk::used_bytes(&self.path)
-    }
-
     /// Sets how long acknowledged events are kept: pruning under disk pressure takes only
     /// events older than this, so a retried `event_id` is always recognised within it.
     pub fn set_retention(&self, retention: std::time::Duration) {
@@ -607,9 +602,7 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
             reason: "no epoch in meta".into(),
         })?
     };
-    for lane in Lane::ALL {
-        txn.open_table(*EVENTS.get(lane)).db()?;
-    }
+    open_events(&txn)?;
     txn.open_table(IDS).db()?;
     txn.open_table(LANES).db()?;
     txn.open_table(STOCK).db()?;

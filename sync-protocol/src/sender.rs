@@ -123,10 +123,10 @@ pub enum SenderEvent {
 enum Link {
     /// Not connected; dial at `reconnect_at`.
     Idle { reconnect_at: Instant },
-    /// [`SenderEvent::Connect`] was emitted; waiting for the shell.
-    Connecting,
-    /// Hello sent, waiting for Welcome.
-    Handshaking,
+    /// [`SenderEvent::Connect`] was emitted at `since`; waiting for the shell.
+    Connecting { since: Instant },
+    /// Hello sent on the attempt dialled at `since`, waiting for Welcome.
+    Handshaking { since: Instant },
     /// Welcomed: batches flow.
     Ready,
 }
@@ -159,8 +159,6 @@ pub struct Sender {
     /// The retry hint of a busy relay on this connection, for the next
     /// [`Sender::handle_disconnected`].
     retry_after: Option<Duration>,
-    /// When the current attempt began ([`SenderEvent::Connect`]), until it is welcomed.
-    dialed_at: Option<Instant>,
 }
 
 impl Sender {
@@ -182,7 +180,6 @@ impl Sender {
             events: VecDeque::new(),
             inventory_version: 0,
             retry_after: None,
-            dialed_at: None,
         }
     }
 
@@ -200,8 +197,9 @@ impl Sender {
     }
 
     /// The shell's dial succeeded and streams can be opened: send Hello.
-    pub fn handle_connected(&mut self, _now: Instant) {
-        self.link = Link::Handshaking;
+    pub fn handle_connected(&mut self, now: Instant) {
+        let since = if let Link::Connecting { since } = self.link { since } else { now };
+        self.link = Link::Handshaking { since };
         // A hint is about the connection that carried it.
         self.retry_after = None;
         let hello = Hello {
@@ -219,7 +217,7 @@ impl Sender {
     pub fn handle_message(&mut self, msg: Message, _now: Instant) -> Result<(), ProtocolViolation> {
         match msg {
             Message::Welcome(welcome) => {
-                if self.link != Link::Handshaking {
+                if !matches!(self.link, Link::Handshaking { .. }) {
                     return Err(ProtocolViolation::Unexpected("welcome outside the handshake"));
                 }
                 if welcome.region != self.config.identity.region {
@@ -258,7 +256,6 @@ impl Sender {
                         as usize;
                 self.link = Link::Ready;
                 self.attempt = 0;
-                self.dialed_at = None;
                 self.events.push_back(SenderEvent::Welcomed { relay_id: welcome.relay_id });
                 self.fill_windows();
                 Ok(())
@@ -340,7 +337,10 @@ impl Sender {
         // as long as the one before, until `backoff_max`.
         let exp = self.attempt.min(20);
         self.attempt = self.attempt.saturating_add(1);
-        let dialed_at = self.dialed_at.take();
+        let dialed_at = match self.link {
+            Link::Connecting { since } | Link::Handshaking { since } => Some(since),
+            Link::Idle { .. } | Link::Ready => None,
+        };
         let reconnect_at = match self.retry_after.take() {
             // Uniform in [hint, 2 * hint] from now: never sooner than the relay asked, and
             // the nodes it turned away together come back spread over as long again.
@@ -363,8 +363,7 @@ impl Sender {
         if let Link::Idle { reconnect_at } = self.link
             && now >= reconnect_at
         {
-            self.link = Link::Connecting;
-            self.dialed_at = Some(now);
+            self.link = Link::Connecting { since: now };
             self.events.push_back(SenderEvent::Connect);
         }
     }
@@ -386,7 +385,7 @@ impl Sender {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.link {
             Link::Idle { reconnect_at } => Some(reconnect_at),
-            Link::Connecting | Link::Handshaking | Link::Ready => None,
+            Link::Connecting { .. } | Link::Handshaking { .. } | Link::Ready => None,
         }
     }
 
