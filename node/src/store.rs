@@ -4,7 +4,7 @@
 //! | table | key | value | written by |
 //! |---|---|---|---|
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `epoch`, `created_at_ms`) |
-//! | `events.critical`, `events.standard`, `events.bulk` | `u64` seq | postcard [`Record`] | append; prune removes |
+//! | `events.critical`, `events.standard`, `events.bulk` | `u64` seq | [`Record`] in its stored form ([`codec`]) | append; prune removes |
 //! | `ids` | `&str` event_id | `(u8 lane, u64 seq)` | append (in key order); prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked, u64 backlog bytes)` | append (head, bytes), ack (acked, bytes) |
 //! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
@@ -15,7 +15,8 @@
 //! (format 3; the layout of format 2 kept the three lanes in one `events` table). For the
 //! same reason a group inserts its `event_id`s in key order, after its events: ids that
 //! grow over time (a counter, a time-ordered UUID) then append as well. Together they
-//! took the store from 148 to about 100 bytes per buffered event (`outpost-sim bench disk`).
+//! took the store from 148 to 106 bytes per buffered event (`outpost-sim bench disk`);
+//! records in their compact stored form (format 4, [`codec`]) took it to 97.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -57,6 +58,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digest::{BlockDigest, block_of, seqs_of};
 
+mod codec;
 pub mod disk;
 
 pub use disk::{Failure, Pressure, Quota};
@@ -77,8 +79,11 @@ const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests
 
 /// The on-disk format this build writes and reads.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
-/// 3: a table of events per lane (a store of format 2 is migrated on open).
-pub const FORMAT_VERSION: u64 = 3;
+/// 3: a table of events per lane.
+/// 4: records in a compact stored form ([`codec`]) instead of postcard's.
+///
+/// A store of format 2 or 3 is migrated on open.
+pub const FORMAT_VERSION: u64 = 4;
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "node.redb";
 /// Most events applied in one group commit. A group this large commits in tens of
@@ -580,10 +585,13 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
         let mut meta = txn.open_table(META).db()?;
         let version = meta.get("format_version").db()?.map(|v| v.value());
         match version {
-            Some(2) => {
-                let moved = migrate_events_from_v2(&txn)?;
+            Some(found @ (2 | 3)) => {
+                if found == 2 {
+                    migrate_events_from_v2(&txn)?;
+                }
+                let events = migrate_records_from_v3(&txn)?;
                 meta.insert("format_version", FORMAT_VERSION).db()?;
-                tracing::info!(path = %path.display(), events = moved, "store migrated from format 2 to {FORMAT_VERSION}");
+                tracing::info!(path = %path.display(), events, "store migrated from format {found} to {FORMAT_VERSION}");
             }
             Some(found) if found != FORMAT_VERSION => {
                 return Err(StoreError::FormatVersion { path: path.to_owned(), found });
@@ -612,22 +620,57 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
 }
 
 /// Moves format 2's one `events` table into a table per lane, in the transaction that
-/// records format 3, so a crash leaves the store in one format or the other. Returns the
-/// number of events moved.
-fn migrate_events_from_v2(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+/// records the current format, so a crash leaves the store in one format or the other.
+fn migrate_events_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut events = open_events(txn)?;
-    let mut moved = 0u64;
     {
         let old = txn.open_table(EVENTS_V2).db()?;
         for entry in old.iter().db()? {
             let (key, value) = entry.db()?;
             let (lane, seq) = key.value();
             events.get_mut(lane_of(lane)?).insert(seq, value.value()).db()?;
-            moved += 1;
         }
     }
     txn.delete_table(EVENTS_V2).db()?;
-    Ok(moved)
+    Ok(())
+}
+
+/// Rewrites format 3's records (postcard) in format 4's stored form ([`codec`]), and each
+/// lane's backlog bytes to match, in the transaction that records format 4, so a crash
+/// leaves the store in one format or the other. Returns the number of records rewritten.
+fn migrate_records_from_v3(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    /// Records read before they are written back: bounds the memory of a large store's
+    /// migration.
+    const CHUNK: usize = 10_000;
+    let mut events = open_events(txn)?;
+    let mut lanes = txn.open_table(LANES).db()?;
+    let mut rewritten = 0u64;
+    for lane in Lane::ALL {
+        let table = events.get_mut(lane);
+        let Some((head, acked, _)) = lanes.get(lane as u8).db()?.map(|v| v.value()) else { continue };
+        let (mut next, mut backlog_bytes) = (0u64, 0u64);
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            for entry in table.range(next..).db()?.take(CHUNK) {
+                let (key, value) = entry.db()?;
+                let seq = key.value();
+                let record: Record = postcard::from_bytes(value.value())
+                    .map_err(|e| StoreError::Corrupt { lane, seq, reason: e.to_string() })?;
+                chunk.push((seq, codec::encode_to_vec(&record)));
+            }
+            let Some(after) = chunk.last().and_then(|(last, _)| last.checked_add(1)) else { break };
+            for (seq, stored) in &chunk {
+                if *seq > acked {
+                    backlog_bytes += stored.len() as u64;
+                }
+                table.insert(seq, stored.as_slice()).db()?;
+            }
+            rewritten += chunk.len() as u64;
+            next = after;
+        }
+        lanes.insert(lane as u8, (head, acked, backlog_bytes)).db()?;
+    }
+    Ok(rewritten)
 }
 
 fn load_positions(db: &Database) -> Result<PerLane<LanePosition>, StoreError> {
@@ -667,7 +710,7 @@ fn decode_stock(bytes: &[u8]) -> Result<Inventory, StoreError> {
 }
 
 fn decode_record(lane: Lane, seq: u64, bytes: &[u8]) -> Result<Record, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { lane, seq, reason: e.to_string() })
+    codec::decode(bytes).map_err(|e| StoreError::Corrupt { lane, seq, reason: e.to_string() })
 }
 
 fn lane_of(index: u8) -> Result<Lane, StoreError> {
@@ -1119,17 +1162,19 @@ impl Writer {
             // Paired with the relay's check: seqs of a lane are gapless and start at 1.
             assert_eq!(seq.get(), pos.head + 1, "lane {lane} seq must follow its head");
             let record = Record { received_at_ms, event, deltas };
-            let bytes = postcard::to_allocvec(&record).map_err(|e| StoreError::Corrupt {
+            // Stored compactly; digested in the wire's encoding, as the relay digests it.
+            let stored = codec::encode_to_vec(&record);
+            let wire = postcard::to_allocvec(&record).map_err(|e| StoreError::Corrupt {
                 lane,
                 seq: seq.get(),
                 reason: e.to_string(),
             })?;
-            tables.events.get_mut(lane).insert(seq.get(), bytes.as_slice()).db()?;
+            tables.events.get_mut(lane).insert(seq.get(), stored.as_slice()).db()?;
             tables.new_ids.insert(record.event.event_id, (lane, seq.get()));
             let block = tables.digests.entry((lane as u8, block_of(seq.get()))).or_default();
-            block.add(&BlockDigest::of_record(lane, seq.get(), &bytes));
+            block.add(&BlockDigest::of_record(lane, seq.get(), &wire));
             pos.head = seq.get();
-            pos.backlog_bytes += bytes.len() as u64;
+            pos.backlog_bytes += stored.len() as u64;
             *group.appended += 1;
             outcomes.push(Outcome::Created(Placement { lane, seq, received_at_ms }));
         }

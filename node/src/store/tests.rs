@@ -103,51 +103,79 @@ async fn a_repeat_within_one_group_is_recognised_before_its_id_is_indexed() {
     store.close();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_of_format_2_is_migrated_on_open_with_nothing_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), node(), || 7).unwrap();
-    let events = vec![event("a", Kind::Ship, 1), event("b", Kind::Receive, 4), event("c", Kind::Scan, 0)];
-    store.append(events.clone()).await.unwrap();
-    store.close();
-    // Put the events back into format 2's one table, as an older build left them.
+/// Rewrites a closed store of this build as an older build left it: records in postcard
+/// (format 3), and in format 2 also in one `events` table keyed by `(lane, seq)`.
+fn downgrade(path: &Path, format: u64) {
+    let db = Database::create(path.join(STORE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
     {
-        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut old = txn.open_table(EVENTS_V2).unwrap();
-            for lane in Lane::ALL {
-                let rows: Vec<(u64, Vec<u8>)> = {
-                    let table = txn.open_table(*EVENTS.get(lane)).unwrap();
-                    table
-                        .iter()
-                        .unwrap()
-                        .map(|r| r.unwrap())
-                        .map(|(k, v)| (k.value(), v.value().to_vec()))
-                        .collect()
-                };
+        for lane in Lane::ALL {
+            let rows: Vec<(u64, Vec<u8>)> = {
+                let table = txn.open_table(*EVENTS.get(lane)).unwrap();
+                let rows = table.iter().unwrap().map(Result::unwrap);
+                rows.map(|(k, v)| {
+                    (k.value(), postcard::to_allocvec(&codec::decode(v.value()).unwrap()).unwrap())
+                })
+                .collect()
+            };
+            if format == 2 {
+                let mut old = txn.open_table(EVENTS_V2).unwrap();
                 for (seq, bytes) in rows {
                     old.insert((lane as u8, seq), bytes.as_slice()).unwrap();
                 }
                 txn.delete_table(*EVENTS.get(lane)).unwrap();
+            } else {
+                let mut table = txn.open_table(*EVENTS.get(lane)).unwrap();
+                let mut lanes = txn.open_table(LANES).unwrap();
+                let (head, acked, _) = lanes.get(lane as u8).unwrap().map_or((0, 0, 0), |v| v.value());
+                let backlog: usize = rows.iter().filter(|(seq, _)| *seq > acked).map(|(_, b)| b.len()).sum();
+                for (seq, bytes) in rows {
+                    table.insert(seq, bytes.as_slice()).unwrap();
+                }
+                lanes.insert(lane as u8, (head, acked, backlog as u64)).unwrap();
             }
-            txn.open_table(META).unwrap().insert("format_version", 2).unwrap();
         }
-        txn.commit().unwrap();
+        txn.open_table(META).unwrap().insert("format_version", format).unwrap();
     }
-    let store = Store::open(dir.path(), node(), || panic!("an existing store draws no new epoch")).unwrap();
-    for (lane, id) in [(Lane::Critical, "a"), (Lane::Standard, "b"), (Lane::Bulk, "c")] {
-        let records = store.read_range(lane, Seq::FIRST, 10).unwrap();
-        assert_eq!(records.iter().map(|r| r.event.event_id.as_str()).collect::<Vec<_>>(), [id]);
+    txn.commit().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
+    for format in [2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), node(), || 7).unwrap();
+        let mut transfer = event("t", Kind::Transfer, 2);
+        transfer.event.attrs.insert("to_location".into(), "BIN-2".into());
+        let mut events =
+            vec![event("a", Kind::Ship, 1), event("b", Kind::Receive, 4), event("c", Kind::Scan, 0)];
+        events.extend([transfer, event("d", Kind::Ship, 1)]);
+        store.append(events.clone()).await.unwrap();
+        store.record_ack(Lane::Critical, 1).await.unwrap();
+        store.append(vec![event("e", Kind::Pick, 1)]).await.unwrap();
+        let (positions, records) = (*store.positions().borrow(), all_records(&store));
+        store.close();
+        downgrade(dir.path(), format);
+
+        let store =
+            Store::open(dir.path(), node(), || panic!("an existing store draws no new epoch")).unwrap();
+        assert_eq!(all_records(&store), records, "format {format}: every record, as it was");
+        assert_eq!(*store.positions().borrow(), positions, "format {format}: heads, acks and backlog bytes");
+        let again = store.append(events).await.unwrap();
+        assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "format {format}: {again:?}");
+        store.close();
+        let db = Database::open(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value();
+        assert_eq!(version, FORMAT_VERSION);
+        assert!(txn.open_table(EVENTS_V2).is_err(), "format 2's table is gone");
     }
-    let again = store.append(events).await.unwrap();
-    assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
-    store.close();
-    let db = Database::open(dir.path().join(STORE_FILE)).unwrap();
-    let txn = db.begin_read().unwrap();
-    let version = txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value();
-    assert_eq!(version, FORMAT_VERSION);
-    assert!(txn.open_table(EVENTS_V2).is_err(), "format 2's table is gone");
+}
+
+/// Every record of every lane, in lane and seq order.
+fn all_records(store: &Store) -> Vec<Record> {
+    let lanes = Lane::ALL.into_iter();
+    lanes.flat_map(|lane| store.read_range(lane, Seq::FIRST, 100).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,15 +277,15 @@ async fn block_digests_follow_appends_and_outlive_pruning() {
     }
     let (pos, digests) = store.digests(Lane::Critical, 0, 10).unwrap();
     assert_eq!((pos.head, pos.acked), (3, 0));
-    let encoded: u64 = records.iter().map(|r| postcard::to_allocvec(r).unwrap().len() as u64).sum();
-    assert_eq!(pos.backlog_bytes, encoded, "the backlog's bytes are its records'");
+    let stored: u64 = records.iter().map(|r| codec::encode_to_vec(r).len() as u64).sum();
+    assert_eq!(pos.backlog_bytes, stored, "the backlog's bytes are its stored records'");
     assert_eq!(digests, [(0, expected)], "a duplicate adds nothing");
     assert!(store.digests(Lane::Bulk, 0, 10).unwrap().1.is_empty());
 
     store.record_ack(Lane::Critical, 2).await.unwrap();
     // Acks are queued without an answer; a prune of nothing answers once they are in.
     assert_eq!(store.prune(0).await.unwrap(), 0);
-    let last = postcard::to_allocvec(&records[2]).unwrap().len() as u64;
+    let last = codec::encode_to_vec(&records[2]).len() as u64;
     assert_eq!(store.positions().borrow().get(Lane::Critical).backlog_bytes, last);
     store.record_ack(Lane::Critical, 3).await.unwrap();
     assert_eq!(store.prune(0).await.unwrap(), 0);
