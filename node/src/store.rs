@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::digest::{BlockDigest, block_of, seqs_of};
 
-mod codec;
+pub mod codec;
 pub mod disk;
 
 pub use disk::{Failure, Pressure, Quota};

@@ -37,7 +37,7 @@ const KEY_OWN_SKU: u64 = 1;
 const KEY_OTHER: u64 = 2;
 
 /// Appends the stored form of `record` to `out`.
-pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let event = &record.event;
     let optional = [&event.occurred_at, &event.device_id, &event.shipment_id, &event.order_id];
     let mut head = kind_index(event.kind);
@@ -82,7 +82,7 @@ pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
 }
 
 /// The stored form of `record`.
-pub(super) fn encode_to_vec(record: &Record) -> Vec<u8> {
+pub fn encode_to_vec(record: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     encode(record, &mut out);
     out
@@ -91,10 +91,10 @@ pub(super) fn encode_to_vec(record: &Record) -> Vec<u8> {
 /// Why stored bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("stored record does not decode: {0}")]
-pub(super) struct DecodeError(String);
+pub struct DecodeError(String);
 
 /// The record whose stored form is `bytes`.
-pub(super) fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader { bytes };
     let head = r.byte()?;
     let kind = *Kind::ALL.get(usize::from(head & KIND_MASK)).ok_or_else(|| fail("kind"))?;
