@@ -112,11 +112,14 @@ async fn mixed(options: &Options) -> anyhow::Result<Row> {
     });
     let correct = verify(&cluster, expected, Duration::from_secs(60)).await?;
     let (p50, p99, max) = (during.quantile_ms(0.5), during.quantile_ms(0.99), during.quantile_ms(1.0));
+    let (ack_p99, ack_max) = (during.ack_quantile_ms(0.99), during.ack_quantile_ms(1.0));
     let target = (!options.quick).then_some(MIXED_TARGET_MS);
     Ok(Row::new("mixed", Goal::AtMost, "ms")
         .case(format!(
             "{posted_during} shipments during the drain of {buffered} scans: p50 {p50:.1} ms, max {max:.1} ms; \
+             the node's 201: p99 {ack_p99:.1} ms, max {ack_max:.1} ms; slowest poll of the relay {:.1} ms; \
              limit: p99 with nothing else to send; arrival polled every {} ms",
+            race.slowest_poll.as_secs_f64() * 1000.0,
             POLL.as_millis()
         ))
         .figures(p99, p99, idle.quantile_ms(0.99))
@@ -133,6 +136,9 @@ pub struct Race {
     pub arrived_first: usize,
     /// Each shipment's post and arrival.
     pub shipments: Latencies,
+    /// The longest the relay took to answer a poll of its watermarks: a slow answer
+    /// delays every arrival seen by it.
+    pub slowest_poll: Duration,
 }
 
 /// Starts the relay of an offline site holding `buffered` bulk events (and nothing else)
@@ -150,8 +156,11 @@ pub async fn race(
     let progress = Progress::start("mixed", buffered, "bulk events");
     let mut during = Latencies::new(1);
     let mut next_post = Instant::now();
+    let mut slowest_poll = Duration::ZERO;
     loop {
+        let polled = Instant::now();
         let marks = relay_watermarks(cluster).await?;
+        slowest_poll = slowest_poll.max(polled.elapsed());
         progress.set(*marks.get(Lane::Bulk));
         during.arrived(*marks.get(Lane::Critical));
         if *marks.get(Lane::Bulk) >= buffered {
@@ -164,7 +173,12 @@ pub async fn race(
         tokio::time::sleep(POLL).await;
     }
     progress.finish();
-    Ok(Race { posted: during.posted.len(), arrived_first: during.arrived.len(), shipments: during })
+    Ok(Race {
+        posted: during.posted.len(),
+        arrived_first: during.arrived.len(),
+        shipments: during,
+        slowest_poll,
+    })
 }
 
 /// Shipments posted one at a time, and when each arrived at the relay. The critical lane
@@ -172,13 +186,15 @@ pub async fn race(
 #[derive(Debug)]
 pub struct Latencies {
     posted: Vec<Instant>,
+    /// How long the node took to answer each post 201 (its fsync included).
+    acked: Vec<Duration>,
     arrived: Vec<Duration>,
     first_seq: u64,
 }
 
 impl Latencies {
     fn new(first_seq: u64) -> Latencies {
-        Latencies { posted: Vec::new(), arrived: Vec::new(), first_seq }
+        Latencies { posted: Vec::new(), acked: Vec::new(), arrived: Vec::new(), first_seq }
     }
 
     async fn post(&mut self, conn: &mut Conn, shipments: &Workload) -> anyhow::Result<()> {
@@ -189,6 +205,7 @@ impl Latencies {
         let (status, answer) = conn.post(body.as_bytes()).await?;
         anyhow::ensure!(status == 201, "shipment {n} answered {status}: {}", String::from_utf8_lossy(answer));
         self.posted.push(at);
+        self.acked.push(at.elapsed());
         Ok(())
     }
 
@@ -207,11 +224,20 @@ impl Latencies {
 
     /// The `q` quantile of the arrivals so far, in ms.
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let mut us: Vec<u32> =
-            self.arrived.iter().map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)).collect();
-        us.sort_unstable();
-        load::quantile_us(&us, q) / 1000.0
+        quantile_ms(&self.arrived, q)
     }
+
+    /// The `q` quantile of the node's answers, in ms.
+    pub fn ack_quantile_ms(&self, q: f64) -> f64 {
+        quantile_ms(&self.acked, q)
+    }
+}
+
+fn quantile_ms(durations: &[Duration], q: f64) -> f64 {
+    let mut us: Vec<u32> =
+        durations.iter().map(|d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)).collect();
+    us.sort_unstable();
+    load::quantile_us(&us, q) / 1000.0
 }
 
 /// Waits (up to 30 s) until every shipment posted has arrived at the relay.
