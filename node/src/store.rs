@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `epoch`, `created_at_ms`) |
 //! | `events.critical`, `events.standard`, `events.bulk` | `u64` seq | [`Record`] in its stored form ([`codec`]) | append; prune removes |
-//! | `ids` | `&str` event_id | `(u8 lane, u64 seq)` | append (in key order); prune removes |
+//! | `event_ids` | `&str` event_id | `u64`: lane in the top two bits, seq below | append (in key order); prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked, u64 backlog bytes)` | append (head, bytes), ack (acked, bytes) |
 //! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
 //! | `digests` | `(u8 lane, u64 block)` | [`BlockDigest`] bytes | append; never pruned |
@@ -16,7 +16,8 @@
 //! same reason a group inserts its `event_id`s in key order, after its events: ids that
 //! grow over time (a counter, a time-ordered UUID) then append as well. Together they
 //! took the store from 148 to 106 bytes per buffered event (`outpost-sim bench disk`);
-//! records in their compact stored form (format 4, [`codec`]) took it to 97.
+//! records in their compact stored form and lane and seq in one `u64` in the id index
+//! (format 4, [`codec`]) took it to 95–98.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -72,7 +73,10 @@ const EVENTS: PerLane<TableDefinition<u64, &[u8]>> = PerLane([
 ]);
 /// Format 2's one table of events, by `(lane, seq)`: read once to migrate a store.
 const EVENTS_V2: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
-const IDS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("ids");
+/// The id index: each `event_id`'s lane and seq in one `u64` ([`place`]).
+const IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+/// Format 3's id index, with lane and seq apart: read once to migrate a store.
+const IDS_V3: TableDefinition<&str, (u8, u64)> = TableDefinition::new("ids");
 const LANES: TableDefinition<u8, (u64, u64, u64)> = TableDefinition::new("lanes");
 const STOCK: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("stock");
 const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests");
@@ -80,7 +84,8 @@ const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests
 /// The on-disk format this build writes and reads.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
 /// 3: a table of events per lane.
-/// 4: records in a compact stored form ([`codec`]) instead of postcard's.
+/// 4: records in a compact stored form ([`codec`]) instead of postcard's, and the id
+///    index's lane and seq in one `u64`.
 ///
 /// A store of format 2 or 3 is migrated on open.
 pub const FORMAT_VERSION: u64 = 4;
@@ -482,10 +487,10 @@ impl Store {
     fn get_in(db: &Database, event_id: &EventId) -> Result<Option<(Placement, Record)>, StoreError> {
         let txn = db.begin_read().db()?;
         let ids = txn.open_table(IDS).db()?;
-        let Some((lane, seq)) = ids.get(event_id.as_str()).db()?.map(|v| v.value()) else {
+        let Some(value) = ids.get(event_id.as_str()).db()?.map(|v| v.value()) else {
             return Ok(None);
         };
-        let lane = lane_of(lane)?;
+        let (lane, seq) = placed(value)?;
         let events = txn.open_table(*EVENTS.get(lane)).db()?;
         let Some(bytes) = events.get(seq).db()? else { return Ok(None) };
         let record = decode_record(lane, seq, bytes.value())?;
@@ -590,6 +595,7 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
                     migrate_events_from_v2(&txn)?;
                 }
                 let events = migrate_records_from_v3(&txn)?;
+                migrate_ids_from_v3(&txn)?;
                 meta.insert("format_version", FORMAT_VERSION).db()?;
                 tracing::info!(path = %path.display(), events, "store migrated from format {found} to {FORMAT_VERSION}");
             }
@@ -632,6 +638,27 @@ fn migrate_events_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError
         }
     }
     txn.delete_table(EVENTS_V2).db()?;
+    Ok(())
+}
+
+/// Moves format 3's id index into format 4's, which holds lane and seq in one `u64`,
+/// in the transaction that records the current format. Copied in key order, it fills
+/// redb's leaves.
+fn migrate_ids_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(IDS_V3).db()?;
+        let mut ids = txn.open_table(IDS).db()?;
+        for entry in old.iter().db()? {
+            let (id, value) = entry.db()?;
+            let (lane, seq) = value.value();
+            let lane = lane_of(lane)?;
+            if seq > SEQ_MAX {
+                return Err(StoreError::Corrupt { lane, seq, reason: "seq beyond the id index".into() });
+            }
+            ids.insert(id.value(), place(lane, seq)).db()?;
+        }
+    }
+    txn.delete_table(IDS_V3).db()?;
     Ok(())
 }
 
@@ -1085,7 +1112,7 @@ impl Writer {
             }
             // In key order, after the events: see the module doc.
             for (event_id, (lane, seq)) in new_ids {
-                ids.insert(event_id.as_str(), (lane as u8, seq)).db()?;
+                ids.insert(event_id.as_str(), place(lane, seq)).db()?;
             }
             let mut stored = txn.open_table(DIGESTS).db()?;
             for ((lane, block), added) in digests {
@@ -1154,7 +1181,7 @@ impl Writer {
             }
             group.overlay.changed.merge(&trial);
             let pos = group.positions.get_mut(lane);
-            let seq = Seq::after(pos.head).ok_or(StoreError::Corrupt {
+            let seq = Seq::after(pos.head).filter(|s| s.get() <= SEQ_MAX).ok_or(StoreError::Corrupt {
                 lane,
                 seq: pos.head,
                 reason: "overflow".into(),
@@ -1230,7 +1257,7 @@ fn repeat_of(tables: &mut Tables<'_, '_>, event: &Event) -> Result<Option<Outcom
     let (stored_lane, seq) = match tables.new_ids.get(&event.event_id) {
         Some(&placed) => placed,
         None => match tables.ids.get(event.event_id.as_str()).db()?.map(|v| v.value()) {
-            Some((lane, seq)) => (lane_of(lane)?, seq),
+            Some(value) => placed(value)?,
             None => return Ok(None),
         },
     };
@@ -1265,7 +1292,22 @@ fn open_events<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<EventsTabl
         txn.open_table(*EVENTS.get(bulk)).db()?,
     ]))
 }
-type IdsTable<'t> = redb::Table<'t, &'static str, (u8, u64)>;
+type IdsTable<'t> = redb::Table<'t, &'static str, u64>;
+
+/// Highest seq the id index can place: the top two bits of its value hold the lane. At a
+/// million events a second a lane reaches it after 146,000 years.
+pub const SEQ_MAX: u64 = (1 << 62) - 1;
+
+/// The id index's value for `seq` of `lane` (`seq` is at most [`SEQ_MAX`]).
+fn place(lane: Lane, seq: u64) -> u64 {
+    debug_assert!(seq <= SEQ_MAX);
+    (lane as u64) << 62 | seq
+}
+
+/// The lane and seq an id index value places an event at.
+fn placed(value: u64) -> Result<(Lane, u64), StoreError> {
+    Ok((lane_of((value >> 62) as u8)?, value & SEQ_MAX))
+}
 
 fn prune(
     events: &mut PerLane<EventsTable<'_>>,

@@ -135,6 +135,17 @@ fn downgrade(path: &Path, format: u64) {
                 lanes.insert(lane as u8, (head, acked, backlog as u64)).unwrap();
             }
         }
+        let ids: Vec<(String, u64)> = {
+            let table = txn.open_table(IDS).unwrap();
+            let rows = table.iter().unwrap().map(Result::unwrap);
+            rows.map(|(k, v)| (k.value().to_owned(), v.value())).collect()
+        };
+        let mut old = txn.open_table(IDS_V3).unwrap();
+        for (id, value) in ids {
+            let (lane, seq) = placed(value).unwrap();
+            old.insert(id.as_str(), (lane as u8, seq)).unwrap();
+        }
+        txn.delete_table(IDS).unwrap();
         txn.open_table(META).unwrap().insert("format_version", format).unwrap();
     }
     txn.commit().unwrap();
@@ -169,7 +180,18 @@ async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
         let version = txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value();
         assert_eq!(version, FORMAT_VERSION);
         assert!(txn.open_table(EVENTS_V2).is_err(), "format 2's table is gone");
+        assert!(txn.open_table(IDS_V3).is_err(), "format 3's id index is gone");
     }
+}
+
+#[test]
+fn the_id_index_places_every_lane_and_seq_up_to_the_last() {
+    for lane in Lane::ALL {
+        for seq in [1, 2, 1 << 32, SEQ_MAX] {
+            assert_eq!(placed(place(lane, seq)).unwrap(), (lane, seq));
+        }
+    }
+    assert!(placed(3 << 62).is_err(), "no fourth lane");
 }
 
 /// Every record of every lane, in lane and seq order.
