@@ -17,7 +17,7 @@
 //! grow over time (a counter, a time-ordered UUID) then append as well. Together they
 //! took the store from 148 to 106 bytes per buffered event (`outpost-sim bench disk`);
 //! records in their compact stored form and lane and seq in one `u64` in the id index
-//! (format 4, [`codec`]) took it to 95–98.
+//! (format 4, [`codec`]) took it to 94–98.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -352,8 +352,15 @@ impl Store {
         quota: Quota,
     ) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
-        let db = open_db(&path)?;
-        let epoch = init_meta(&db, &path, new_epoch)?;
+        let mut db = open_db(&path)?;
+        let (epoch, migrated) = init_meta(&db, &path, new_epoch)?;
+        if migrated {
+            // The migration rewrote every record and index entry once; what they occupied
+            // before is free space inside the file until compacted.
+            let before = disk::used_bytes(&path);
+            compact_passes(&mut db).db()?;
+            tracing::info!(before, after = disk::used_bytes(&path), "compacted the migrated store");
+        }
         let positions = load_positions(&db)?;
         let (inventory, version) = load_inventory(&db)?;
         let actor = Actor { node_id, epoch };
@@ -584,13 +591,36 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).db()
 }
 
-fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Result<Epoch, StoreError> {
+/// Runs redb's compaction until it moves nothing more, or [`COMPACTION_PASSES_MAX`] times.
+fn compact_passes(db: &mut Database) -> Result<(), redb::CompactionError> {
+    for _ in 0..COMPACTION_PASSES_MAX {
+        if !db.compact()? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Creates or checks the store's metadata, migrating an older format; returns the epoch,
+/// and whether the store was migrated.
+fn init_meta(
+    db: &Database,
+    path: &Path,
+    new_epoch: impl FnOnce() -> u64,
+) -> Result<(Epoch, bool), StoreError> {
     let txn = db.begin_write().db()?;
+    let mut migrated = false;
     let epoch = {
         let mut meta = txn.open_table(META).db()?;
         let version = meta.get("format_version").db()?.map(|v| v.value());
         match version {
             Some(found @ (2 | 3)) => {
+                tracing::info!(
+                    path = %path.display(),
+                    "migrating the store from format {found} to {FORMAT_VERSION}: every record is rewritten \
+                     in one transaction, which needs free space about the size of the store"
+                );
+                migrated = true;
                 if found == 2 {
                     migrate_events_from_v2(&txn)?;
                 }
@@ -622,7 +652,7 @@ fn init_meta(db: &Database, path: &Path, new_epoch: impl FnOnce() -> u64) -> Res
     txn.open_table(STOCK).db()?;
     txn.open_table(DIGESTS).db()?;
     txn.commit().db()?;
-    Ok(Epoch(epoch))
+    Ok((Epoch(epoch), migrated))
 }
 
 /// Moves format 2's one `events` table into a table per lane, in the transaction that
@@ -662,30 +692,30 @@ fn migrate_ids_from_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Records a migration reads before it writes them back: bounds the memory of a large
+/// store's migration.
+const MIGRATION_CHUNK: usize = 10_000;
+
 /// Rewrites format 3's records (postcard) in format 4's stored form ([`codec`]), and each
 /// lane's backlog bytes to match, in the transaction that records format 4, so a crash
 /// leaves the store in one format or the other. Returns the number of records rewritten.
 fn migrate_records_from_v3(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    /// Records read before they are written back: bounds the memory of a large store's
-    /// migration.
-    const CHUNK: usize = 10_000;
     let mut events = open_events(txn)?;
     let mut lanes = txn.open_table(LANES).db()?;
     let mut rewritten = 0u64;
     for lane in Lane::ALL {
         let table = events.get_mut(lane);
-        let Some((head, acked, _)) = lanes.get(lane as u8).db()?.map(|v| v.value()) else { continue };
+        let (head, acked, _) = lanes.get(lane as u8).db()?.map_or((0, 0, 0), |v| v.value());
         let (mut next, mut backlog_bytes) = (0u64, 0u64);
         loop {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            for entry in table.range(next..).db()?.take(CHUNK) {
+            let mut chunk = Vec::with_capacity(MIGRATION_CHUNK);
+            for entry in table.range(next..).db()?.take(MIGRATION_CHUNK) {
                 let (key, value) = entry.db()?;
                 let seq = key.value();
                 let record: Record = postcard::from_bytes(value.value())
                     .map_err(|e| StoreError::Corrupt { lane, seq, reason: e.to_string() })?;
                 chunk.push((seq, codec::encode_to_vec(&record)));
             }
-            let Some(after) = chunk.last().and_then(|(last, _)| last.checked_add(1)) else { break };
             for (seq, stored) in &chunk {
                 if *seq > acked {
                     backlog_bytes += stored.len() as u64;
@@ -693,7 +723,10 @@ fn migrate_records_from_v3(txn: &redb::WriteTransaction) -> Result<u64, StoreErr
                 table.insert(seq, stored.as_slice()).db()?;
             }
             rewritten += chunk.len() as u64;
-            next = after;
+            match chunk.last().and_then(|(last, _)| last.checked_add(1)) {
+                Some(after) if chunk.len() == MIGRATION_CHUNK => next = after,
+                _ => break,
+            }
         }
         lanes.insert(lane as u8, (head, acked, backlog_bytes)).db()?;
     }
@@ -947,17 +980,7 @@ impl Writer {
         let started = Instant::now();
         let mut slot = self.db.write();
         let Some(db) = slot.as_mut() else { return };
-        let mut result = Ok(());
-        for _ in 0..COMPACTION_PASSES_MAX {
-            match db.compact() {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    result = Err(redb::Error::from(e));
-                    break;
-                }
-            }
-        }
+        let result = compact_passes(db).map_err(redb::Error::from);
         drop(slot);
         self.last_compaction = Instant::now();
         match result {

@@ -164,6 +164,9 @@ async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
         store.append(events.clone()).await.unwrap();
         store.record_ack(Lane::Critical, 1).await.unwrap();
         store.append(vec![event("e", Kind::Pick, 1)]).await.unwrap();
+        // More scans than one chunk of the migration, so it takes several.
+        let scans = (0..MIGRATION_CHUNK + 3).map(|n| event(&format!("s{n}"), Kind::Scan, 0)).collect();
+        store.append(scans).await.unwrap();
         let (positions, records) = (*store.positions().borrow(), all_records(&store));
         store.close();
         downgrade(dir.path(), format);
@@ -197,7 +200,7 @@ fn the_id_index_places_every_lane_and_seq_up_to_the_last() {
 /// Every record of every lane, in lane and seq order.
 fn all_records(store: &Store) -> Vec<Record> {
     let lanes = Lane::ALL.into_iter();
-    lanes.flat_map(|lane| store.read_range(lane, Seq::FIRST, 100).unwrap()).collect()
+    lanes.flat_map(|lane| store.read_range(lane, Seq::FIRST, 100_000).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //!   tenth; the figure is the largest sample, the limit the first (a ratio near 1 is a
 //!   flat line: the backlog lives in redb, not in memory).
 //! - `disk`: bytes of store file per buffered event. Limit: raw redb holding the same
-//!   number of 61-byte records in the node's `events` layout.
+//!   number of 61-byte records in one table with no id index (PERFORMANCE.md's reference
+//!   figure; the node's records are smaller, and it indexes their ids too).
 //! - `restart`: with the backlog on disk, the time from starting the node to the first
 //!   201, after a clean stop (SIGTERM) and after `kill -9`. Limit: the same clean restart
 //!   of an empty store, measured before the backlog was built.

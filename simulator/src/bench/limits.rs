@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::Context;
 use redb::{Database, Durability, TableDefinition};
 
-/// The table of [`redb_group_commit`]: the node's `events` layout.
+/// The table of [`redb_group_commit`]: one table of records keyed by `(lane, seq)`, with
+/// no id index (PERFORMANCE.md's reference layout).
 const EVENTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("events");
 /// The size of a postcard record of a typical scan (PERFORMANCE.md's reference figure).
 pub const RECORD_BYTES: usize = 61;
