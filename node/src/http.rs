@@ -66,14 +66,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reconcile/repair", post(repair))
         .route(
             "/metrics",
-            get(|State(state): State<AppState>| async move { metrics_response(&state.registry) }),
+            get(|State(state): State<Arc<AppState>>| async move { metrics_response(&state.registry) }),
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         // The body limit is enforced by `post_events` itself, so that an oversize body gets
         // the API's JSON error rather than the framework's text.
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        // Shared behind one `Arc`: the router hands every request its own copy of the
+        // state, and a copy of the fields themselves (the store's handles, the node's
+        // names) cost allocations and atomics on every post.
+        .with_state(Arc::new(state))
 }
 
 impl IntoResponse for IngestError {
@@ -99,7 +102,7 @@ fn with_retry_after(mut response: Response, retry_after_s: Option<u64>) -> Respo
 
 /// `POST /v1/events`: takes a slot ([`Admission`]), reads the body within the request
 /// timeout, parses it, and appends what is valid.
-async fn post_events(State(state): State<AppState>, body: Body) -> Result<Response, IngestError> {
+async fn post_events(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, IngestError> {
     let Some(mut permit) = state.admission.enter() else {
         state.metrics.requests_overloaded.inc();
         let retry_after_s = state.admission.retry_after_s(state.store.stats().events_per_sec());
@@ -304,7 +307,7 @@ fn item_error(id: Option<&str>, status: &str, e: &IngestError) -> Value {
     v
 }
 
-async fn get_event(State(state): State<AppState>, Path(event_id): Path<String>) -> Response {
+async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> Response {
     let not_found = || {
         let body = json!({"error": "not_found", "message": format!("no event with event_id {event_id:?}")});
         (StatusCode::NOT_FOUND, Json(body)).into_response()
@@ -340,7 +343,7 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
-async fn status(State(state): State<AppState>) -> Result<Response, IngestError> {
+async fn status(State(state): State<Arc<AppState>>) -> Result<Response, IngestError> {
     Ok(Json(status_value(&state)?).into_response())
 }
 
@@ -416,7 +419,10 @@ fn status_value(state: &AppState) -> Result<Value, IngestError> {
 
 /// `GET /v1/inventory/{sku}`: per location, this node's own contribution (`local`, all
 /// its epochs), the merged value, and every actor that contributed.
-async fn inventory(State(state): State<AppState>, Path(sku): Path<String>) -> Result<Response, IngestError> {
+async fn inventory(
+    State(state): State<Arc<AppState>>,
+    Path(sku): Path<String>,
+) -> Result<Response, IngestError> {
     Ok(Json(inventory_value(&state, &sku)?).into_response())
 }
 
@@ -451,7 +457,7 @@ fn inventory_value(state: &AppState, sku: &str) -> Result<Value, IngestError> {
 /// `GET /v1/digests?lane=L&from_block=B&limit=N`: the lane's block digests
 /// (`crate::digest`), with the positions they are to be read against.
 async fn digests(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     query: Result<Query<DigestQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, IngestError> {
     let Query(q) = query.map_err(|e| IngestError::invalid("query", e.body_text()))?;
@@ -486,7 +492,10 @@ const REPAIR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// `POST /v1/reconcile/repair {"lane", "block"}`: sends the relay again the records of a
 /// block it acknowledged, in batches, and sums its answers. Harmless whatever the relay
 /// holds: it adds only what it lacks (PROTOCOL.md, idempotency).
-async fn repair(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, IngestError> {
+async fn repair(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Result<Response, IngestError> {
     let req: RepairBody = serde_json::from_slice(&body)
         .map_err(|e| IngestError::invalid("body", format!("expected {{\"lane\", \"block\"}}: {e}")))?;
     let lane: Lane =
@@ -544,7 +553,7 @@ async fn repair(State(state): State<AppState>, body: axum::body::Bytes) -> Resul
 }
 
 /// `GET /?sku=S`: the site page, for a browser at the dock (`crate::page`).
-async fn site_page(State(state): State<AppState>, Query(q): Query<PageQuery>) -> Response {
+async fn site_page(State(state): State<Arc<AppState>>, Query(q): Query<PageQuery>) -> Response {
     let status = status_value(&state);
     let sku = q.sku.filter(|s| !s.trim().is_empty());
     let inventory = sku.as_deref().map(|sku| inventory_value(&state, sku.trim()).map_err(|e| e.to_string()));
