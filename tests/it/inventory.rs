@@ -88,6 +88,17 @@ fn without_zeros(mut c: Contributions) -> Contributions {
 async fn converged(cluster: &Cluster, timeout: Duration) -> BTreeMap<(String, String), i64> {
     let deadline = Instant::now() + timeout;
     loop {
+        // The backlogs first, then the log: once every node's backlog is empty, a log read
+        // after holds everything the nodes had accepted. Read the other way round, the log
+        // could miss the last events and the comparison below, which covers only the keys
+        // in the log, would pass on a partial fold.
+        let mut mismatch = None;
+        for node in &cluster.nodes {
+            let backlog = node.client().node_status().await.map_or(u64::MAX, |s| s.backlog_events());
+            if backlog > 0 {
+                mismatch = Some(format!("{}: {backlog} events not yet at the relay", node.name()));
+            }
+        }
         let fold = without_zeros(fold_of_log(cluster).await);
         let skus: Vec<String> = {
             let mut s: Vec<String> = fold.keys().map(|(sku, _)| sku.clone()).collect();
@@ -96,13 +107,6 @@ async fn converged(cluster: &Cluster, timeout: Duration) -> BTreeMap<(String, St
         };
         let sums: BTreeMap<(String, String), i64> =
             fold.iter().map(|(k, actors)| (k.clone(), actors.values().sum())).collect();
-        let mut mismatch = None;
-        for node in &cluster.nodes {
-            let backlog = node.client().node_status().await.map_or(u64::MAX, |s| s.backlog_events());
-            if backlog > 0 {
-                mismatch = Some(format!("{}: {backlog} events not yet at the relay", node.name()));
-            }
-        }
         let relay_base = cluster.relay.client().base().to_owned();
         let mut replicas = vec![("relay".to_owned(), relay_base, "value")];
         for node in &cluster.nodes {
