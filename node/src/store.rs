@@ -1085,6 +1085,7 @@ impl Writer {
             let mut ids = txn.open_table(IDS).db()?;
             let mut digests = BTreeMap::new();
             let mut new_ids = BTreeMap::new();
+            let mut encoded = Encoded::default();
             let received_at_ms = now_ms();
             for op in ops {
                 done.push(match op {
@@ -1094,6 +1095,7 @@ impl Writer {
                             ids: &mut ids,
                             new_ids: &mut new_ids,
                             digests: &mut digests,
+                            encoded: &mut encoded,
                         };
                         let at = received_at_ms;
                         Done::Append(self.append(&mut tables, group, batch, at)?)
@@ -1213,8 +1215,11 @@ impl Writer {
             assert_eq!(seq.get(), pos.head + 1, "lane {lane} seq must follow its head");
             let record = Record { received_at_ms, event, deltas };
             // Stored compactly; digested in the wire's encoding, as the relay digests it.
-            let stored = codec::encode_to_vec(&record);
-            let wire = postcard::to_allocvec(&record).map_err(|e| StoreError::Corrupt {
+            let Encoded { stored, wire } = &mut *tables.encoded;
+            stored.clear();
+            codec::encode(&record, stored);
+            wire.clear();
+            *wire = postcard::to_extend(&record, std::mem::take(wire)).map_err(|e| StoreError::Corrupt {
                 lane,
                 seq: seq.get(),
                 reason: e.to_string(),
@@ -1222,7 +1227,7 @@ impl Writer {
             tables.events.get_mut(lane).insert(seq.get(), stored.as_slice()).db()?;
             tables.new_ids.insert(record.event.event_id, (lane, seq.get()));
             let block = tables.digests.entry((lane as u8, block_of(seq.get()))).or_default();
-            block.add(&BlockDigest::of_record(lane, seq.get(), &wire));
+            block.add(&BlockDigest::of_record(lane, seq.get(), wire));
             pos.head = seq.get();
             pos.backlog_bytes += stored.len() as u64;
             *group.appended += 1;
@@ -1272,6 +1277,17 @@ struct Tables<'a, 't> {
     new_ids: &'a mut BTreeMap<EventId, (Lane, u64)>,
     /// What this transaction adds to each `(lane, block)`'s digest.
     digests: &'a mut BTreeMap<(u8, u64), BlockDigest>,
+    /// The buffers each appended record is encoded into.
+    encoded: &'a mut Encoded,
+}
+
+/// A record's two encodings, in buffers a group reuses from one record to the next.
+#[derive(Default)]
+struct Encoded {
+    /// The stored form ([`codec`]).
+    stored: Vec<u8>,
+    /// Postcard's, as on the wire: what the block digests hash.
+    wire: Vec<u8>,
 }
 
 /// The answer to an event whose `event_id` is stored already: a duplicate if the
