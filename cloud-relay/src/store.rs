@@ -50,9 +50,14 @@ pub const STORE_FILE: &str = "relay.redb";
 /// On-disk format; a store of another version is refused rather than misread.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
 pub const FORMAT_VERSION: u64 = 2;
-/// Most commands the writer puts in one transaction: with batches of at most 512 events,
-/// about 32,000 events per fsync at most.
-pub const GROUP_COMMANDS_MAX: usize = 64;
+/// Most commands the writer puts in one transaction. Many nodes each sending a few
+/// events at a time (`fan-in`) need groups of hundreds of batches, or the relay spends
+/// its time in commits: every commit rewrites the pages of the watermarks, digests and
+/// nodes it touched, and fsyncs them.
+pub const GROUP_COMMANDS_MAX: usize = 1024;
+/// Most events the writer puts in one transaction (more once the first command alone
+/// holds more): 64 batches of 512 events, about 32,000 events per fsync at most.
+pub const GROUP_EVENTS_MAX: usize = 32_768;
 /// Commands queued for the writer before senders wait (backpressure to connections).
 pub const QUEUE_COMMANDS_MAX: usize = 1024;
 
@@ -127,10 +132,31 @@ impl LogEntry {
     /// struct as its fields in order), with where the record's own encoding starts in
     /// it: block digests hash the record's bytes, so the writer encodes it once.
     pub fn encode(&self) -> Result<(Vec<u8>, usize), postcard::Error> {
-        let head = postcard::to_allocvec(&(&self.node_id, self.epoch, self.lane, self.seq))?;
-        let record_at = head.len();
-        Ok((postcard::to_extend(&self.record, head)?, record_at))
+        let mut bytes = Vec::new();
+        let record_at =
+            encode_entry(&self.node_id, self.epoch, self.lane, self.seq, &self.record, &mut bytes)?;
+        Ok((bytes, record_at))
     }
+}
+
+/// Encodes the entry of `record` into `bytes`, replacing what it held, as
+/// [`LogEntry::encode`] does but from borrowed parts: the writer appends a whole group
+/// through one buffer, without an entry (and a copy of its node's id) per event. Returns
+/// where the record's encoding starts.
+fn encode_entry(
+    node_id: &NodeId,
+    epoch: Epoch,
+    lane: Lane,
+    seq: u64,
+    record: &Record,
+    bytes: &mut Vec<u8>,
+) -> Result<usize, postcard::Error> {
+    let mut buf = std::mem::take(bytes);
+    buf.clear();
+    buf = postcard::to_extend(&(node_id, epoch, lane, seq), buf)?;
+    let record_at = buf.len();
+    *bytes = postcard::to_extend(record, buf)?;
+    Ok(record_at)
 }
 
 /// What the relay knows of a node between connections.
@@ -202,6 +228,16 @@ enum Command {
     },
     /// Stops the writer once everything queued before it has committed.
     Close,
+}
+
+impl Command {
+    /// The events it would append.
+    fn events(&self) -> usize {
+        match self {
+            Command::Append(batch, _) | Command::Repair(batch, _) => batch.records.len(),
+            Command::Seen { .. } | Command::Close => 0,
+        }
+    }
 }
 
 /// Counters of the writer, exported on `/metrics`.
@@ -501,10 +537,19 @@ struct Pending {
 
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Command>) {
-        let mut group = Vec::with_capacity(GROUP_COMMANDS_MAX);
-        // Everything queued while the previous commit ran joins this one.
-        while rx.blocking_recv_many(&mut group, GROUP_COMMANDS_MAX) > 0 {
-            if self.commit_group(std::mem::take(&mut group)) {
+        while let Some(first) = rx.blocking_recv() {
+            // Everything queued while the previous commit ran joins this one, up to the
+            // group's bounds.
+            let mut events = first.events();
+            let mut group = vec![first];
+            while group.len() < GROUP_COMMANDS_MAX
+                && events < GROUP_EVENTS_MAX
+                && let Ok(next) = rx.try_recv()
+            {
+                events += next.events();
+                group.push(next);
+            }
+            if self.commit_group(group) {
                 // Whatever is queued behind the close is answered with `Closed` as the
                 // channel drops.
                 return;
@@ -704,6 +749,8 @@ impl Writer {
             let mut marks = txn.open_table(WATERMARKS).map_err(db)?;
             let mut nodes = txn.open_table(NODES).map_err(db)?;
             let mut digests: BTreeMap<(String, u64, u8, u64), StoredDigest> = BTreeMap::new();
+            // Every entry of the group is encoded here in turn.
+            let mut entry = Vec::with_capacity(256);
             let now = now_ms();
             for node in seen {
                 let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
@@ -736,15 +783,14 @@ impl Writer {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
-                        let entry = LogEntry { node_id: node.node_id.clone(), epoch, lane, seq, record };
-                        let (bytes, record_at) =
-                            entry.encode().map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                        let one = BlockDigest::of_record(lane, seq, &bytes[record_at..]);
+                        let record_at = encode_entry(&node.node_id, epoch, lane, seq, &record, &mut entry)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                        let one = BlockDigest::of_record(lane, seq, &entry[record_at..]);
                         blocks
                             .entry(block_of(seq))
                             .or_insert_with(|| StoredDigest::empty(*next))
                             .add(&one, *next);
-                        log.insert(*next, bytes.as_slice()).map_err(db)?;
+                        log.insert(*next, entry.as_slice()).map_err(db)?;
                         *next += 1;
                     } else {
                         self.stats.skipped.inc();
