@@ -28,7 +28,7 @@
 //! refused. A watermark therefore never moves backwards and the log never holds a seq
 //! twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -55,10 +55,13 @@ pub const FORMAT_VERSION: u64 = 2;
 /// its time in commits: every commit rewrites the pages of the watermarks, digests and
 /// nodes it touched, and fsyncs them.
 pub const GROUP_COMMANDS_MAX: usize = 1024;
-/// Most events the writer puts in one transaction (more once the first command alone
-/// holds more): 64 batches of 512 events, about 32,000 events per fsync at most.
-pub const GROUP_EVENTS_MAX: usize = 32_768;
-/// Commands queued for the writer before senders wait (backpressure to connections).
+/// Events in a transaction after which the writer adds no more commands: 32 batches of
+/// 512. It bounds how long a commit takes, and so how long a shipment that arrives
+/// during one waits before its own (`mixed`: tens of milliseconds in a drain).
+pub const GROUP_EVENTS_MAX: usize = 16_384;
+/// Commands queued for the writer before senders wait (backpressure to connections);
+/// the writer holds up to [`GROUP_COMMANDS_MAX`] more that it took off the queue to
+/// choose its next group from.
 pub const QUEUE_COMMANDS_MAX: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -231,6 +234,11 @@ enum Command {
 }
 
 impl Command {
+    /// An append to the critical lane.
+    fn is_critical(&self) -> bool {
+        matches!(self, Command::Append(batch, _) if batch.lane == Lane::Critical)
+    }
+
     /// The events it would append.
     fn events(&self) -> usize {
         match self {
@@ -238,6 +246,43 @@ impl Command {
             Command::Seen { .. } | Command::Close => 0,
         }
     }
+}
+
+/// Takes the next group off `queued`, up to the group's bounds: first the critical lane's
+/// appends, so that a shipment waits for at most the commit under way and its own, never
+/// behind a drain's backlog; then the rest in the order they came, ending at a
+/// [`Command::Close`]. Each lane's appends keep their order, and nothing queued behind a
+/// close joins a group.
+fn next_group(queued: &mut VecDeque<Command>) -> Vec<Command> {
+    let mut group = Vec::new();
+    let mut events = 0;
+    let room =
+        |group: &Vec<Command>, events: usize| group.len() < GROUP_COMMANDS_MAX && events < GROUP_EVENTS_MAX;
+    if queued.iter().any(Command::is_critical) {
+        let mut rest = VecDeque::with_capacity(queued.len());
+        let mut closed = false;
+        for command in queued.drain(..) {
+            if !closed && command.is_critical() && room(&group, events) {
+                events += command.events();
+                group.push(command);
+            } else {
+                closed |= matches!(command, Command::Close);
+                rest.push_back(command);
+            }
+        }
+        *queued = rest;
+    }
+    while room(&group, events)
+        && let Some(command) = queued.pop_front()
+    {
+        events += command.events();
+        let close = matches!(command, Command::Close);
+        group.push(command);
+        if close {
+            break;
+        }
+    }
+    group
 }
 
 /// Counters of the writer, exported on `/metrics`.
@@ -537,21 +582,21 @@ struct Pending {
 
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
-            // Everything queued while the previous commit ran joins this one, up to the
-            // group's bounds.
-            let mut events = first.events();
-            let mut group = vec![first];
-            while group.len() < GROUP_COMMANDS_MAX
-                && events < GROUP_EVENTS_MAX
+        let mut queued = VecDeque::new();
+        loop {
+            if queued.is_empty() {
+                let Some(first) = rx.blocking_recv() else { return };
+                queued.push_back(first);
+            }
+            // Everything queued while the previous commit ran is a candidate for this one.
+            while queued.len() < GROUP_COMMANDS_MAX
                 && let Ok(next) = rx.try_recv()
             {
-                events += next.events();
-                group.push(next);
+                queued.push_back(next);
             }
-            if self.commit_group(group) {
+            if self.commit_group(next_group(&mut queued)) {
                 // Whatever is queued behind the close is answered with `Closed` as the
-                // channel drops.
+                // queue and the channel drop.
                 return;
             }
         }

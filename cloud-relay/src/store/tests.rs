@@ -206,3 +206,55 @@ fn a_log_entry_encodes_as_derived_with_its_record_as_the_tail() {
     assert_eq!(bytes, postcard::to_allocvec(&entry).unwrap());
     assert_eq!(&bytes[record_at..], postcard::to_allocvec(&entry.record).unwrap().as_slice());
 }
+
+/// A queued command, labelled by node, lane and first seq.
+fn queued(id: &str, lane: Lane, first: u64, n: u64) -> Command {
+    let (tx, _) = mpsc::unbounded_channel();
+    let first_seq = Seq::new(first).unwrap();
+    Command::Append(
+        Append { node: node(id), epoch: Epoch(1), lane, first_seq, records: records(first, n) },
+        tx,
+    )
+}
+
+fn labels(group: &[Command]) -> Vec<String> {
+    group
+        .iter()
+        .map(|command| match command {
+            Command::Append(batch, _) => format!("{}/{}/{}", batch.node.node_id, batch.lane, batch.first_seq),
+            Command::Repair(..) => "repair".into(),
+            Command::Seen { .. } => "seen".into(),
+            Command::Close => "close".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_takes_critical_appends_first_and_the_rest_in_order() {
+    let mut queue = VecDeque::from([
+        queued("a", Lane::Bulk, 1, 10),
+        queued("b", Lane::Standard, 1, 10),
+        queued("a", Lane::Critical, 1, 1),
+        queued("a", Lane::Bulk, 11, 10),
+        queued("b", Lane::Critical, 1, 1),
+        queued("a", Lane::Critical, 2, 1),
+    ]);
+    assert_eq!(
+        labels(&next_group(&mut queue)),
+        ["a/critical/1", "b/critical/1", "a/critical/2", "a/bulk/1", "b/standard/1", "a/bulk/11"]
+    );
+    assert!(queue.is_empty());
+}
+
+#[test]
+fn a_group_stops_at_its_event_bound_and_at_a_close() {
+    let batch = GROUP_EVENTS_MAX as u64 / 4;
+    let mut queue: VecDeque<_> = (0..6).map(|i| queued("a", Lane::Bulk, 1 + i * batch, batch)).collect();
+    queue.insert(5, Command::Close);
+    queue.push_back(queued("a", Lane::Critical, 1, 1));
+    let bulk = |i: u64| format!("a/bulk/{}", 1 + i * batch);
+    assert_eq!(labels(&next_group(&mut queue)), (0..4).map(bulk).collect::<Vec<_>>());
+    // The critical append behind the close stays there, and the close ends the group.
+    assert_eq!(labels(&next_group(&mut queue)), [bulk(4), "close".into()]);
+    assert_eq!(labels(&Vec::from(queue)), [bulk(5), "a/critical/1".into()]);
+}
