@@ -162,6 +162,35 @@ fn encode_entry(
     Ok(record_at)
 }
 
+/// A batch's log entries, encoded one after another, with each one's block digest.
+struct Entries {
+    bytes: Vec<u8>,
+    /// Per record: where its entry ends in `bytes`, and its digest.
+    spans: Vec<(usize, BlockDigest)>,
+}
+
+impl Entries {
+    fn of(batch: &Append) -> Result<Entries, postcard::Error> {
+        let mut entries = Entries { bytes: Vec::new(), spans: Vec::with_capacity(batch.records.len()) };
+        let mut entry = Vec::with_capacity(256);
+        for (seq, record) in (batch.first_seq.get()..).zip(&batch.records) {
+            let record_at =
+                encode_entry(&batch.node.node_id, batch.epoch, batch.lane, seq, record, &mut entry)?;
+            let digest = BlockDigest::of_record(batch.lane, seq, &entry[record_at..]);
+            entries.bytes.extend_from_slice(&entry);
+            entries.spans.push((entries.bytes.len(), digest));
+        }
+        Ok(entries)
+    }
+
+    /// The `i`th record's entry and digest.
+    fn get(&self, i: usize) -> (&[u8], &BlockDigest) {
+        let start = i.checked_sub(1).map_or(0, |before| self.spans[before].0);
+        let (end, digest) = &self.spans[i];
+        (&self.bytes[start..*end], digest)
+    }
+}
+
 /// What the relay knows of a node between connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSeen {
@@ -223,7 +252,7 @@ pub struct Append {
 }
 
 enum Command {
-    Append(Append, CommitReplies),
+    Append(Append, Entries, CommitReplies),
     /// Records sent again by reconciliation: add those missing below the watermark.
     Repair(Append, oneshot::Sender<Result<Repaired, StoreError>>),
     Seen {
@@ -236,13 +265,13 @@ enum Command {
 impl Command {
     /// An append to the critical lane.
     fn is_critical(&self) -> bool {
-        matches!(self, Command::Append(batch, _) if batch.lane == Lane::Critical)
+        matches!(self, Command::Append(batch, ..) if batch.lane == Lane::Critical)
     }
 
     /// The events it would append.
     fn events(&self) -> usize {
         match self {
-            Command::Append(batch, _) | Command::Repair(batch, _) => batch.records.len(),
+            Command::Append(batch, ..) | Command::Repair(batch, _) => batch.records.len(),
             Command::Seen { .. } | Command::Close => 0,
         }
     }
@@ -362,8 +391,13 @@ impl Store {
 
     /// Queues a batch for the next group commit; the outcome arrives on `reply` after
     /// the commit, in the order batches were queued.
+    ///
+    /// The batch's log entries are encoded and hashed here, in the caller's task, so that
+    /// the connections do that work in parallel and the writer, the serial part, only
+    /// inserts them.
     pub async fn append(&self, batch: Append, reply: CommitReplies) -> Result<(), StoreError> {
-        self.commands.send(Command::Append(batch, reply)).await.map_err(|_| StoreError::Closed)
+        let entries = Entries::of(&batch).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+        self.commands.send(Command::Append(batch, entries, reply)).await.map_err(|_| StoreError::Closed)
     }
 
     /// Takes records a node sent again because reconciliation found their block differs
@@ -614,11 +648,11 @@ impl Writer {
                 Command::Seen { node } => seen.push(node),
                 Command::Close => close = true,
                 Command::Repair(records, reply) => repairs.push((records, reply)),
-                Command::Append(batch, reply) => {
+                Command::Append(batch, entries, reply) => {
                     let through = last_seq(batch.first_seq, batch.records.len());
                     pending.push(Pending { lane: batch.lane, through, reply });
                     seen.push(batch.node.clone());
-                    appends.push(batch);
+                    appends.push((batch, entries));
                 }
             }
         }
@@ -781,7 +815,7 @@ impl Writer {
     fn apply(
         &self,
         seen: &[NodeIdentity],
-        appends: Vec<Append>,
+        appends: Vec<(Append, Entries)>,
         next: &mut u64,
         changed: &mut Inventory,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
@@ -794,8 +828,6 @@ impl Writer {
             let mut marks = txn.open_table(WATERMARKS).map_err(db)?;
             let mut nodes = txn.open_table(NODES).map_err(db)?;
             let mut digests: BTreeMap<(String, u64, u8, u64), StoredDigest> = BTreeMap::new();
-            // Every entry of the group is encoded here in turn.
-            let mut entry = Vec::with_capacity(256);
             let now = now_ms();
             for node in seen {
                 let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
@@ -803,7 +835,7 @@ impl Writer {
                     postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                 nodes.insert(node.node_id.as_str(), bytes.as_slice()).map_err(db)?;
             }
-            for Append { node, epoch, lane, first_seq, records } in appends {
+            for (Append { node, epoch, lane, first_seq, records }, entries) in appends {
                 let key = (node.node_id.as_str(), epoch.0, lane as u8);
                 let watermark = marks.get(key).map_err(db)?.map_or(0, |v| v.value());
                 if first_seq.get() > watermark + 1 {
@@ -815,7 +847,7 @@ impl Writer {
                 let actor = Actor { node_id: node.node_id.clone(), epoch };
                 // This append's share of the block digests, merged into the group's below.
                 let mut blocks: BTreeMap<u64, StoredDigest> = BTreeMap::new();
-                for record in records {
+                for (i, record) in records.iter().enumerate() {
                     if seq > watermark {
                         for delta in &record.deltas {
                             if changed.stock(&delta.key).is_none() {
@@ -828,14 +860,12 @@ impl Writer {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
-                        let record_at = encode_entry(&node.node_id, epoch, lane, seq, &record, &mut entry)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                        let one = BlockDigest::of_record(lane, seq, &entry[record_at..]);
+                        let (entry, one) = entries.get(i);
                         blocks
                             .entry(block_of(seq))
                             .or_insert_with(|| StoredDigest::empty(*next))
-                            .add(&one, *next);
-                        log.insert(*next, entry.as_slice()).map_err(db)?;
+                            .add(one, *next);
+                        log.insert(*next, entry).map_err(db)?;
                         *next += 1;
                     } else {
                         self.stats.skipped.inc();

@@ -211,17 +211,18 @@ fn a_log_entry_encodes_as_derived_with_its_record_as_the_tail() {
 fn queued(id: &str, lane: Lane, first: u64, n: u64) -> Command {
     let (tx, _) = mpsc::unbounded_channel();
     let first_seq = Seq::new(first).unwrap();
-    Command::Append(
-        Append { node: node(id), epoch: Epoch(1), lane, first_seq, records: records(first, n) },
-        tx,
-    )
+    let batch = Append { node: node(id), epoch: Epoch(1), lane, first_seq, records: records(first, n) };
+    let entries = Entries::of(&batch).unwrap();
+    Command::Append(batch, entries, tx)
 }
 
 fn labels(group: &[Command]) -> Vec<String> {
     group
         .iter()
         .map(|command| match command {
-            Command::Append(batch, _) => format!("{}/{}/{}", batch.node.node_id, batch.lane, batch.first_seq),
+            Command::Append(batch, ..) => {
+                format!("{}/{}/{}", batch.node.node_id, batch.lane, batch.first_seq)
+            }
             Command::Repair(..) => "repair".into(),
             Command::Seen { .. } => "seen".into(),
             Command::Close => "close".into(),
@@ -257,4 +258,31 @@ fn a_group_stops_at_its_event_bound_and_at_a_close() {
     // The critical append behind the close stays there, and the close ends the group.
     assert_eq!(labels(&next_group(&mut queue)), [bulk(4), "close".into()]);
     assert_eq!(labels(&Vec::from(queue)), [bulk(5), "a/critical/1".into()]);
+}
+
+#[test]
+fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
+    let first_seq = Seq::new(41).unwrap();
+    let batch = Append {
+        node: node("n1"),
+        epoch: Epoch(7),
+        lane: Lane::Standard,
+        first_seq,
+        records: records(41, 3),
+    };
+    let entries = Entries::of(&batch).unwrap();
+    for (i, record) in batch.records.iter().enumerate() {
+        let seq = 41 + i as u64;
+        let entry = LogEntry {
+            node_id: batch.node.node_id.clone(),
+            epoch: Epoch(7),
+            lane: Lane::Standard,
+            seq,
+            record: record.clone(),
+        };
+        let (bytes, record_at) = entry.encode().unwrap();
+        let (prepared, digest) = entries.get(i);
+        assert_eq!(prepared, bytes.as_slice(), "entry {i}");
+        assert_eq!(*digest, BlockDigest::of_record(Lane::Standard, seq, &bytes[record_at..]), "digest {i}");
+    }
 }
