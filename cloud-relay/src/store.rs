@@ -59,6 +59,11 @@ pub const GROUP_COMMANDS_MAX: usize = 1024;
 /// 512. It bounds how long a commit takes, and so how long a shipment that arrives
 /// during one waits before its own (`mixed`: tens of milliseconds in a drain).
 pub const GROUP_EVENTS_MAX: usize = 16_384;
+/// redb's page cache. Its default (1 GiB) keeps every page the log ever wrote until the
+/// cache is full, so the relay's resident set grows with its log and the writer spends
+/// its time faulting in fresh memory for new pages; the kernel's page cache holds the
+/// file anyway.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Commands queued for the writer before senders wait (backpressure to connections);
 /// the writer holds up to [`GROUP_COMMANDS_MAX`] more that it took off the queue to
 /// choose its next group from.
@@ -367,7 +372,7 @@ impl Store {
     /// Opens the store in `dir` (creating it if missing) and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
-        let database = Database::create(&path).map_err(db)?;
+        let database = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).map_err(db)?;
         init_meta(&database, &path)?;
         let next = load_next_offset(&database)?;
         let inventory = Arc::new(RwLock::new(load_inventory(&database)?));
