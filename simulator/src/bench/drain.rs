@@ -1,10 +1,12 @@
 //! `drain` and `mixed`: a backlog buffered with the WAN down, then the WAN returns (the
 //! relay starts).
 //!
-//! - `drain`: how fast the backlog becomes durable at the relay, from the moment the
-//!   relay answers `/readyz` to the moment its watermarks cover the node's heads, and how
-//!   long until the first event is durable there. Limit: raw redb appending the same
-//!   records in durable commits of 1,000 (what the relay's store can take here).
+//! - `drain`: how fast the backlog becomes durable at the relay once it moves, from the
+//!   first poll that sees events there to the one that sees the node's heads covered,
+//!   and, judged apart, how long after the relay answers `/readyz` the first event is
+//!   durable there (the node's redial). The case column also gives the whole time from
+//!   `/readyz`. Limit: raw redb appending the same records in durable commits of 1,000
+//!   (what the relay's store can take here).
 //! - `mixed`: a bulk backlog drains while a scanner posts a shipment (critical lane)
 //!   every 10 ms; the figure is the p99 of each shipment's end-to-end latency, from its
 //!   post to the relay's critical watermark covering it. Limit: the same latency with
@@ -50,12 +52,13 @@ async fn drain(options: &Options) -> anyhow::Result<Row> {
     cluster.relay.start().await?;
     let back = Instant::now();
     let progress = Progress::start("drain", buffered, "events");
+    // When the first events were seen at the relay, and how many.
     let mut first = None;
     let done = loop {
         let at_relay = total(&relay_watermarks(&cluster).await?);
         progress.set(at_relay);
         if at_relay > 0 && first.is_none() {
-            first = Some(back.elapsed());
+            first = Some((back.elapsed(), at_relay));
         }
         if at_relay >= buffered {
             break back.elapsed();
@@ -66,15 +69,24 @@ async fn drain(options: &Options) -> anyhow::Result<Row> {
         tokio::time::sleep(POLL).await;
     };
     progress.finish();
-    let first_ms = first.unwrap_or(done).as_secs_f64() * 1000.0;
+    let (first_at, at_first) = first.unwrap_or((done, buffered));
+    let first_ms = first_at.as_secs_f64() * 1000.0;
     let correct = verify(&cluster, Mix::Site.lane_counts(buffered), Duration::from_secs(60)).await?;
-    let figure = buffered as f64 / done.as_secs_f64();
+    // A backlog that was all there at the first poll moved faster than the polls can see:
+    // count it over the whole time instead.
+    let moving = done.saturating_sub(first_at);
+    let figure = if at_first < buffered && !moving.is_zero() {
+        (buffered - at_first) as f64 / moving.as_secs_f64()
+    } else {
+        buffered as f64 / done.as_secs_f64()
+    };
     let target = (!options.quick).then_some(DRAIN_TARGET);
     Ok(Row::new("drain", Goal::AtLeast, "ev/s")
         .case(format!(
-            "{buffered} events buffered offline, durable at the relay in {:.2} s; first event {first_ms:.0} ms \
-             after the relay was ready (target < {FIRST_EVENT_MS:.0} ms); limit: raw redb, durable commits \
-             of 1,000",
+            "{buffered} events buffered offline; first event durable at the relay {first_ms:.0} ms after it was \
+             ready (target < {FIRST_EVENT_MS:.0} ms), the rest in {:.2} s ({:.2} s in all); limit: raw redb, \
+             durable commits of 1,000",
+            moving.as_secs_f64(),
             done.as_secs_f64()
         ))
         .figures(figure, figure, redb.events_per_sec)
