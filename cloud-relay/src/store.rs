@@ -28,7 +28,7 @@
 //! refused. A watermark therefore never moves backwards and the log never holds a seq
 //! twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -834,7 +834,9 @@ impl Writer {
             let mut nodes = txn.open_table(NODES).map_err(db)?;
             let mut digests: BTreeMap<(String, u64, u8, u64), StoredDigest> = BTreeMap::new();
             let now = now_ms();
-            for node in seen {
+            // A node seen more than once in the group (its lanes, its batches) is written once.
+            let mut written = BTreeSet::new();
+            for node in seen.iter().filter(|node| written.insert(node.node_id.as_str())) {
                 let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
                 let bytes =
                     postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;

@@ -229,8 +229,13 @@ impl Inventory {
     /// the transaction that stores the event, the relay behind its watermark).
     pub fn apply(&mut self, actor: &Actor, delta: &Delta) -> Result<(), InventoryError> {
         let ix = self.actors.intern(actor);
-        let counters = self.stock.entry(delta.key.clone()).or_default();
-        if counters.apply(ix, delta.change) {
+        // Most deltas move a key already held: find it without copying the key.
+        if !self.stock.contains_key(&delta.key) {
+            self.stock.insert(delta.key.clone(), Counters::default());
+        }
+        if let Some(counters) = self.stock.get_mut(&delta.key)
+            && counters.apply(ix, delta.change)
+        {
             return Ok(());
         }
         let before = self.stock(&delta.key).map(|s| s.contribution(actor));
