@@ -136,7 +136,7 @@ async fn post_events(State(state): State<Arc<AppState>>, body: Body) -> Result<R
             single_response(outcome, &id, epoch)
         }
         Posted::Many(items) => {
-            let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+            let mut results: Vec<Option<ItemResult<'_>>> = Vec::with_capacity(items.len());
             let mut valid = Vec::new();
             for (id, item) in items {
                 match item {
@@ -144,19 +144,19 @@ async fn post_events(State(state): State<Arc<AppState>>, body: Body) -> Result<R
                         valid.push(event);
                         results.push(None);
                     }
-                    Err(e) => results.push(Some(item_error(id.as_deref(), "invalid", &e))),
+                    Err(e) => results.push(Some(ItemResult::Error(item_error(id.as_deref(), "invalid", &e)))),
                 }
             }
             let ids: Vec<EventId> = valid.iter().map(|e| e.event_id.clone()).collect();
             let valid = admit(&state, &mut permit, valid)?;
-            let mut outcomes = append(&state, valid).await?.into_iter().zip(ids);
+            let mut outcomes = append(&state, valid).await?.into_iter().zip(&ids);
             let mut retry_after_s = None;
             for slot in results.iter_mut().filter(|r| r.is_none()) {
                 if let Some((outcome, id)) = outcomes.next() {
                     if matches!(outcome, Outcome::Shed { .. }) {
                         retry_after_s = Some(RETRY_AFTER_DISK_QUOTA_S);
                     }
-                    *slot = Some(item_result(outcome, &id, epoch));
+                    *slot = Some(item_result(outcome, id, epoch));
                 }
             }
             let response = (StatusCode::OK, Json(json!({"results": results}))).into_response();
@@ -252,15 +252,47 @@ fn quota_error(lane: Lane, used_bytes: u64, mark_bytes: u64) -> IngestError {
     }
 }
 
-fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Value {
-    json!({
-        "event_id": id.as_str(),
-        "lane": p.lane.as_str(),
-        "seq": p.seq.get(),
-        "epoch": epoch.to_string(),
-        "received_at": rfc3339_ms(p.received_at_ms),
-        "duplicate": duplicate,
-    })
+/// The answer for an accepted event, serialized straight from its parts rather than
+/// through a JSON tree (a map, its keys and the formatted times allocated per event were
+/// 8% of the node's HTTP workers in `ingest-single`). The fields are in the order the
+/// tree gave them.
+#[derive(Debug, serde::Serialize)]
+struct Accepted<'a> {
+    duplicate: bool,
+    #[serde(serialize_with = "display")]
+    epoch: Epoch,
+    event_id: &'a str,
+    lane: &'static str,
+    #[serde(serialize_with = "display")]
+    received_at: humantime::Rfc3339Timestamp,
+    seq: u64,
+    /// Only in the results of a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Accepted<'_> {
+    Accepted {
+        duplicate,
+        epoch,
+        event_id: id.as_str(),
+        lane: p.lane.as_str(),
+        received_at: rfc3339_timestamp(p.received_at_ms),
+        seq: p.seq.get(),
+        status: None,
+    }
+}
+
+/// One entry of a batch's `results`.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum ItemResult<'a> {
+    Accepted(Accepted<'a>),
+    Error(Value),
 }
 
 fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Response, IngestError> {
@@ -273,27 +305,23 @@ fn single_response(outcome: Outcome, id: &EventId, epoch: Epoch) -> Result<Respo
     }
 }
 
-fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> Value {
+fn item_result(outcome: Outcome, id: &EventId, epoch: Epoch) -> ItemResult<'_> {
+    let error = |status, e: &IngestError| ItemResult::Error(item_error(Some(id.as_str()), status, e));
     match outcome {
-        Outcome::Created(p) => with_status(accepted(id, p, epoch, false), "created"),
-        Outcome::Duplicate(p) => with_status(accepted(id, p, epoch, true), "duplicate"),
-        Outcome::Conflict(_) => {
-            item_error(Some(id.as_str()), "conflict", &IngestError::Conflict(id.to_string()))
+        Outcome::Created(p) => {
+            ItemResult::Accepted(Accepted { status: Some("created"), ..accepted(id, p, epoch, false) })
         }
-        Outcome::Invalid { field, reason } => item_error(
-            Some(id.as_str()),
-            "invalid",
-            &IngestError::InvalidField { field: field.into(), reason },
-        ),
+        Outcome::Duplicate(p) => {
+            ItemResult::Accepted(Accepted { status: Some("duplicate"), ..accepted(id, p, epoch, true) })
+        }
+        Outcome::Conflict(_) => error("conflict", &IngestError::Conflict(id.to_string())),
+        Outcome::Invalid { field, reason } => {
+            error("invalid", &IngestError::InvalidField { field: field.into(), reason })
+        }
         Outcome::Shed { lane, used_bytes, mark_bytes } => {
-            item_error(Some(id.as_str()), "shed", &quota_error(lane, used_bytes, mark_bytes))
+            error("shed", &quota_error(lane, used_bytes, mark_bytes))
         }
     }
-}
-
-fn with_status(mut v: Value, status: &str) -> Value {
-    v["status"] = json!(status);
-    v
 }
 
 fn item_error(id: Option<&str>, status: &str, e: &IngestError) -> Value {
@@ -316,7 +344,7 @@ async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<Stri
     match state.store.get(&id) {
         Ok(Some((p, record))) => {
             let acked = p.seq.get() <= state.store.positions().borrow().get(p.lane).acked;
-            let mut body = accepted(&id, p, state.store.epoch(), false);
+            let mut body = json!(accepted(&id, p, state.store.epoch(), false));
             if let Some(map) = body.as_object_mut() {
                 map.remove("duplicate");
             }
@@ -569,6 +597,35 @@ struct PageQuery {
 
 /// Formats ms since the Unix epoch as RFC 3339 with milliseconds.
 pub fn rfc3339_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
+    rfc3339_timestamp(ms).to_string()
+}
+
+/// [`rfc3339_ms`] before it is formatted.
+fn rfc3339_timestamp(ms: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accepted_event_is_answered_with_the_fields_of_api_md() {
+        let id: EventId = "scan-1".parse().unwrap();
+        let p = Placement { lane: Lane::Bulk, seq: Seq::new(42).unwrap(), received_at_ms: 1_764_000_000_123 };
+        let body = serde_json::to_string(&accepted(&id, p, Epoch(0xab), false)).unwrap();
+        assert_eq!(
+            body,
+            r#"{"duplicate":false,"epoch":"00000000000000ab","event_id":"scan-1","lane":"bulk","received_at":"2025-11-24T16:00:00.123Z","seq":42}"#
+        );
+        let item = item_result(Outcome::Duplicate(p), &id, Epoch(0xab));
+        let item = serde_json::to_value(&item).unwrap();
+        assert_eq!(item["status"], "duplicate");
+        assert_eq!(item["duplicate"], true);
+        let conflict = serde_json::to_value(item_result(Outcome::Conflict(p), &id, Epoch(0xab))).unwrap();
+        assert_eq!(
+            (conflict["status"].as_str(), conflict["event_id"].as_str()),
+            (Some("conflict"), Some("scan-1"))
+        );
+    }
 }
