@@ -59,14 +59,10 @@ pub const GROUP_COMMANDS_MAX: usize = 1024;
 /// 512. It bounds how long a commit takes, and so how long a shipment that arrives
 /// during one waits before its own (`mixed`: tens of milliseconds in a drain).
 pub const GROUP_EVENTS_MAX: usize = 16_384;
-/// redb's page cache. Its default (1 GiB) keeps every page the log ever wrote until the
-/// cache is full, so the relay's resident set grows with its log and the writer spends
-/// its time faulting in fresh memory for new pages; the kernel's page cache holds the
-/// file anyway.
-pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// Commands queued for the writer before senders wait (backpressure to connections);
-/// the writer holds up to [`GROUP_COMMANDS_MAX`] more that it took off the queue to
-/// choose its next group from.
+/// Commands queued for the writer before senders wait (backpressure to connections).
+/// The writer holds up to [`GROUP_COMMANDS_MAX`] more, and up to twice
+/// [`GROUP_EVENTS_MAX`] events, that it took off the queue to choose its next group
+/// from.
 pub const QUEUE_COMMANDS_MAX: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -372,7 +368,7 @@ impl Store {
     /// Opens the store in `dir` (creating it if missing) and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
-        let database = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path).map_err(db)?;
+        let database = Database::create(&path).map_err(db)?;
         init_meta(&database, &path)?;
         let next = load_next_offset(&database)?;
         let inventory = Arc::new(RwLock::new(load_inventory(&database)?));
@@ -395,7 +391,8 @@ impl Store {
     }
 
     /// Queues a batch for the next group commit; the outcome arrives on `reply` after
-    /// the commit, in the order batches were queued.
+    /// the commit, in the order the lane's batches were queued (a critical batch may be
+    /// committed before another lane's batch queued ahead of it).
     ///
     /// The batch's log entries are encoded and hashed here, in the caller's task, so that
     /// the connections do that work in parallel and the writer, the serial part, only
@@ -622,18 +619,24 @@ struct Pending {
 impl Writer {
     fn run(self, mut rx: mpsc::Receiver<Command>) {
         let mut queued = VecDeque::new();
+        let mut queued_events = 0;
         loop {
             if queued.is_empty() {
                 let Some(first) = rx.blocking_recv() else { return };
+                queued_events += first.events();
                 queued.push_back(first);
             }
-            // Everything queued while the previous commit ran is a candidate for this one.
+            // What was queued while the previous commit ran is a candidate for this one.
             while queued.len() < GROUP_COMMANDS_MAX
+                && queued_events < 2 * GROUP_EVENTS_MAX
                 && let Ok(next) = rx.try_recv()
             {
+                queued_events += next.events();
                 queued.push_back(next);
             }
-            if self.commit_group(next_group(&mut queued)) {
+            let group = next_group(&mut queued);
+            queued_events -= group.iter().map(Command::events).sum::<usize>();
+            if self.commit_group(group) {
                 // Whatever is queued behind the close is answered with `Closed` as the
                 // queue and the channel drop.
                 return;
