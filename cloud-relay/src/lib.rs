@@ -69,7 +69,7 @@ pub async fn run(
     let store = Store::open(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let reset_key = reset_key(&config.data_dir).map_err(|e| store_err(format!("{RESET_KEY_FILE}: {e}")))?;
     let bind_err = |source| RelayError::Bind { what: "quic", addr: config.quic, source };
-    let socket = std::net::UdpSocket::bind(config.quic).map_err(bind_err)?;
+    let socket = daemon::udp_socket(config.quic).map_err(bind_err)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::new(Arc::new(reset_key)),
         Some(creds.server_config),

@@ -600,7 +600,13 @@ impl Endpoints {
         }
         let unspecified: IpAddr =
             if remote.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
-        let made = quinn::Endpoint::client(SocketAddr::new(unspecified, 0))?;
+        let socket = crate::daemon::udp_socket(SocketAddr::new(unspecified, 0))?;
+        let made = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(slot.insert(made).clone())
     }
 

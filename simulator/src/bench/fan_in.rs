@@ -84,8 +84,16 @@ async fn fan_in(options: &Options) -> anyhow::Result<Row> {
     let credentials = issue(&cluster, sites).await?;
     let relay = cluster.relay.quic_addr();
     let endpoints = (0..ENDPOINTS.min(sites))
-        .map(|_| quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()))
-        .collect::<Result<Vec<_>, _>>()
+        .map(|_| {
+            let socket = node::daemon::udp_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+        })
+        .collect::<Result<Vec<_>, std::io::Error>>()
         .context("binding the sites' UDP sockets")?;
 
     // The limit: one site alone.
