@@ -69,7 +69,17 @@ pub async fn run(
     let store = Store::open(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let reset_key = reset_key(&config.data_dir).map_err(|e| store_err(format!("{RESET_KEY_FILE}: {e}")))?;
     let bind_err = |source| RelayError::Bind { what: "quic", addr: config.quic, source };
-    let socket = daemon::udp_socket(config.quic).map_err(bind_err)?;
+    let (socket, granted) = daemon::udp_socket(config.quic).map_err(bind_err)?;
+    if granted < daemon::UDP_BUFFER_BYTES {
+        tracing::warn!(
+            asked = daemon::UDP_BUFFER_BYTES,
+            granted,
+            "the QUIC socket's receive buffer is smaller than asked, so under the load of many \
+             nodes datagrams may be dropped; raise net.core.rmem_max and net.core.wmem_max to \
+             at least {} (README, \"Under systemd\")",
+            daemon::UDP_BUFFER_BYTES
+        );
+    }
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::new(Arc::new(reset_key)),
         Some(creds.server_config),

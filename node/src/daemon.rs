@@ -159,9 +159,11 @@ pub fn transport(keep_alive: Option<Duration>) -> Result<quinn::TransportConfig,
 pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// A UDP socket bound to `addr` for a QUIC endpoint, with buffers of
-/// [`UDP_BUFFER_BYTES`] (or what the kernel allows; a warning names the sysctl when it
-/// allows less) and, for IPv6, dual-stack where the system lets it.
-pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// [`UDP_BUFFER_BYTES`] or what the kernel allows, and, for IPv6, dual-stack where the
+/// system lets it. Also returns the receive buffer the kernel granted, as Linux reports
+/// it (twice the size it set aside, the other half counting its overhead), for a
+/// server to warn about.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -171,19 +173,9 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     // Asked for, not required: the kernel caps both sizes, and the defaults still work.
     let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
-    // Linux reports twice the size it granted (the doubled figure counts its overhead).
     let granted = socket.recv_buffer_size().unwrap_or(0);
-    if granted < UDP_BUFFER_BYTES {
-        tracing::warn!(
-            %addr,
-            asked = UDP_BUFFER_BYTES,
-            granted,
-            "the UDP receive buffer is smaller than asked; under load datagrams may be dropped \
-             (raise net.core.rmem_max to at least {UDP_BUFFER_BYTES})"
-        );
-    }
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok((socket.into(), granted))
 }
 
 /// A failure that stops a daemon.

@@ -600,7 +600,9 @@ impl Endpoints {
         }
         let unspecified: IpAddr =
             if remote.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
-        let socket = crate::daemon::udp_socket(SocketAddr::new(unspecified, 0))?;
+        // A node's one connection does not need the buffers a relay does: whatever the
+        // kernel grants is fine here.
+        let (socket, _) = crate::daemon::udp_socket(SocketAddr::new(unspecified, 0))?;
         let made = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,

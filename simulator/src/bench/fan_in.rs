@@ -85,7 +85,7 @@ async fn fan_in(options: &Options) -> anyhow::Result<Row> {
     let relay = cluster.relay.quic_addr();
     let endpoints = (0..ENDPOINTS.min(sites))
         .map(|_| {
-            let socket = node::daemon::udp_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+            let (socket, _) = node::daemon::udp_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 None,
