@@ -659,7 +659,6 @@ impl Writer {
                 Command::Append(batch, entries, reply) => {
                     let through = last_seq(batch.first_seq, batch.records.len());
                     pending.push(Pending { lane: batch.lane, through, reply });
-                    seen.push(batch.node.clone());
                     appends.push((batch, entries));
                 }
             }
@@ -837,9 +836,11 @@ impl Writer {
             let mut nodes = txn.open_table(NODES).map_err(db)?;
             let mut digests: BTreeMap<(String, u64, u8, u64), StoredDigest> = BTreeMap::new();
             let now = now_ms();
-            // A node seen more than once in the group (its lanes, its batches) is written once.
+            // Every node that said hello or sent a batch, once however many of its batches
+            // the group holds.
             let mut written = BTreeSet::new();
-            for node in seen.iter().filter(|node| written.insert(node.node_id.as_str())) {
+            let nodes_seen = seen.iter().chain(appends.iter().map(|(batch, _)| &batch.node));
+            for node in nodes_seen.filter(|node| written.insert(node.node_id.as_str())) {
                 let row = NodeSeen { region: node.region.clone(), last_seen_ms: now };
                 let bytes =
                     postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;

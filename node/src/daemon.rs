@@ -178,6 +178,18 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usi
     Ok((socket.into(), granted))
 }
 
+/// A QUIC client endpoint on a socket of [`udp_socket`] bound to `addr`, whatever
+/// buffers the kernel grants.
+pub fn client_endpoint(addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let (socket, _) = udp_socket(addr)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// A failure that stops a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

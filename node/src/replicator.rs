@@ -602,13 +602,7 @@ impl Endpoints {
             if remote.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
         // A node's one connection does not need the buffers a relay does: whatever the
         // kernel grants is fine here.
-        let (socket, _) = crate::daemon::udp_socket(SocketAddr::new(unspecified, 0))?;
-        let made = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let made = crate::daemon::client_endpoint(SocketAddr::new(unspecified, 0))?;
         Ok(slot.insert(made).clone())
     }
 

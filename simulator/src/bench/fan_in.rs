@@ -84,16 +84,8 @@ async fn fan_in(options: &Options) -> anyhow::Result<Row> {
     let credentials = issue(&cluster, sites).await?;
     let relay = cluster.relay.quic_addr();
     let endpoints = (0..ENDPOINTS.min(sites))
-        .map(|_| {
-            let (socket, _) = node::daemon::udp_socket((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-        })
-        .collect::<Result<Vec<_>, std::io::Error>>()
+        .map(|_| node::daemon::client_endpoint((std::net::Ipv4Addr::LOCALHOST, 0).into()))
+        .collect::<Result<Vec<_>, _>>()
         .context("binding the sites' UDP sockets")?;
 
     // The limit: one site alone.
