@@ -57,11 +57,6 @@ enum Command {
     },
 }
 
-/// Allocation is on every hot path (requests, frames, store groups), and mimalloc is
-/// much cheaper there than glibc's malloc under several threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     daemon::init_tracing();
