@@ -159,7 +159,7 @@ async fn post_events(State(state): State<Arc<AppState>>, body: Body) -> Result<R
                     *slot = Some(item_result(outcome, id, epoch));
                 }
             }
-            let response = (StatusCode::OK, Json(json!({"results": results}))).into_response();
+            let response = (StatusCode::OK, Json(Results { results })).into_response();
             Ok(with_retry_after(response, retry_after_s))
         }
     }
@@ -285,6 +285,14 @@ fn accepted(id: &EventId, p: Placement, epoch: Epoch, duplicate: bool) -> Accept
         seq: p.seq.get(),
         status: None,
     }
+}
+
+/// A batch's answer, serialized straight from its entries like [`Accepted`]: through a
+/// JSON tree it was a third of the node's HTTP workers in `ingest-batch`. The bytes are
+/// the tree's (its keys were sorted, and so are the fields).
+#[derive(Debug, serde::Serialize)]
+struct Results<'a> {
+    results: Vec<Option<ItemResult<'a>>>,
 }
 
 /// One entry of a batch's `results`.
@@ -627,5 +635,23 @@ mod tests {
             (conflict["status"].as_str(), conflict["event_id"].as_str()),
             (Some("conflict"), Some("scan-1"))
         );
+    }
+
+    #[test]
+    fn a_batch_answer_has_the_bytes_of_its_json_tree() {
+        let id: EventId = "scan-1".parse().unwrap();
+        let p =
+            Placement { lane: Lane::Critical, seq: Seq::new(7).unwrap(), received_at_ms: 1_764_000_000_123 };
+        let shed = Outcome::Shed { lane: Lane::Bulk, used_bytes: 900, mark_bytes: 800 };
+        let results = vec![
+            Some(item_result(Outcome::Created(p), &id, Epoch(0xab))),
+            Some(item_result(shed, &id, Epoch(0xab))),
+            None,
+        ];
+        let tree = serde_json::to_string(&json!({"results": results})).unwrap();
+        let direct = serde_json::to_string(&Results { results }).unwrap();
+        assert_eq!(direct, tree);
+        assert!(direct.starts_with(r#"{"results":[{"duplicate":false,"#), "{direct}");
+        assert!(direct.ends_with(r#""status":"shed"},null]}"#), "{direct}");
     }
 }
