@@ -1,6 +1,7 @@
 //! Tests of the node store: group commit, idempotency, acks and pruning.
 
 use sync_protocol::Kind;
+use sync_protocol::inventory::Delta;
 
 use super::*;
 
@@ -261,6 +262,83 @@ async fn a_transfer_without_a_destination_is_refused_alone() {
     assert!(matches!(&out[0], Outcome::Invalid { field: "attrs", .. }), "{out:?}");
     assert!(matches!(&out[1], Outcome::Created(p) if p.seq == Seq::FIRST), "{out:?}");
     assert_eq!(value(&store, "BIN-1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_would_overflow_a_counter_moves_none_of_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 5).unwrap();
+    // The relay hands back this node's own counter at BIN-1 at the top of its range.
+    let mut full = Inventory::new();
+    full.apply(store.actor(), &Delta { key: key("BIN-1"), change: i64::MAX }).unwrap();
+    store.merge_inventory(InventoryUpdate { through_version: 1, state: full, complete: true }).await.unwrap();
+    let mut transfer = event("t", Kind::Transfer, 2);
+    transfer.event.attrs.insert("to_location".into(), "BIN-1".into());
+    transfer.event.location = "BIN-2".parse().unwrap();
+    let mut receive = event("r", Kind::Receive, 3);
+    receive.event.location = "BIN-2".parse().unwrap();
+    let out = store.append(vec![transfer, event("over", Kind::Receive, 1), receive]).await.unwrap();
+    assert!(matches!(&out[0], Outcome::Invalid { field: "qty", .. }), "{out:?}");
+    assert!(matches!(&out[1], Outcome::Invalid { field: "qty", .. }), "{out:?}");
+    assert!(matches!(&out[2], Outcome::Created(p) if p.seq == Seq::FIRST), "{out:?}");
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2")), (i64::MAX, 3), "the transfer took nothing");
+    store.close();
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2")), (i64::MAX, 3));
+}
+
+#[test]
+fn a_group_finds_its_stored_ids_in_one_walk_as_lookups_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("ids.redb")).unwrap();
+    // Three devices with counters, gaps between their ids, and ids sorting between them.
+    let stored: Vec<String> = (0..3)
+        .flat_map(|d| (0..50).filter(move |n| n % 7 != 3).map(move |n| format!("hs-{d}:{n:04}")))
+        .chain(["hs-0:9999x".to_owned(), "a".to_owned(), "zz".to_owned()])
+        .collect();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut ids = txn.open_table(IDS).unwrap();
+        for (at, id) in stored.iter().enumerate() {
+            ids.insert(id.as_str(), at as u64).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    let txn = db.begin_write().unwrap();
+    let ids = txn.open_table(IDS).unwrap();
+    let mut state = 7u64;
+    for round in 0..200 {
+        // Ids stored and new, in any order, repeated, across several appends.
+        let mut ops = Vec::new();
+        for _ in 0..1 + round % 4 {
+            let batch: Vec<NewEvent> = (0..round % 40)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let id = match state >> 61 {
+                        0 => stored[(state >> 20) as usize % stored.len()].clone(),
+                        1 => "b".to_owned(),
+                        n => format!("hs-{}:{:04}", n % 4, (state >> 20) % 60),
+                    };
+                    event(&id, Kind::Scan, 0)
+                })
+                .collect();
+            ops.push(Op::Append(batch));
+        }
+        ops.push(Op::RecordAck { lane: Lane::Bulk, through: 0 });
+        let found = stored_ids(&ids, &ops).unwrap();
+        let mut looked_up = BTreeMap::new();
+        for op in &ops {
+            if let Op::Append(batch) = op {
+                for new in batch {
+                    let id = new.event.event_id.as_str();
+                    if let Some(value) = ids.get(id).unwrap() {
+                        looked_up.insert(id.to_owned(), value.value());
+                    }
+                }
+            }
+        }
+        assert_eq!(found, looked_up, "round {round}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
