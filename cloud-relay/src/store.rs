@@ -862,7 +862,7 @@ impl Writer {
                     if seq > watermark {
                         for delta in &record.deltas {
                             if changed.stock(&delta.key).is_none() {
-                                changed.merge(&replica.merged().restrict([&delta.key]));
+                                changed.merge_key(replica.merged(), &delta.key);
                             }
                             // The node applied the same delta to the same counter, and the
                             // decoder bounded it, so this cannot fail. If it ever does, the
@@ -909,7 +909,7 @@ impl Writer {
             }
             let mut stock = txn.open_table(STOCK).map_err(db)?;
             for (key, _) in changed.iter() {
-                let row = postcard::to_allocvec(&changed.restrict([key]))
+                let row = postcard::to_allocvec(&changed.key_row(key))
                     .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                 stock
                     .insert((key.sku.as_str(), key.location.as_str()), (*next, row.as_slice()))

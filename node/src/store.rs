@@ -839,7 +839,7 @@ impl Overlay<'_> {
     /// Brings `key`'s current state into the overlay before it changes.
     fn touch(&mut self, key: &StockKey) {
         if self.changed.stock(key).is_none() {
-            self.changed.merge(&self.replica.restrict([key]));
+            self.changed.merge_key(self.replica, key);
         }
     }
 }
@@ -1177,9 +1177,8 @@ impl Writer {
             }
             let mut stock = txn.open_table(STOCK).db()?;
             for (key, _) in group.overlay.changed.iter() {
-                let row = group.overlay.changed.restrict([key]);
-                let bytes =
-                    postcard::to_allocvec(&row).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                let bytes = postcard::to_allocvec(&group.overlay.changed.key_row(key))
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                 stock.insert((key.sku.as_str(), key.location.as_str()), bytes.as_slice()).db()?;
             }
             if let Some(version) = group.overlay.version {

@@ -34,7 +34,7 @@ impl RelayInventory {
         let mut changed = Inventory::new();
         for (actor, delta) in deltas {
             if changed.stock(&delta.key).is_none() {
-                changed.merge(&self.0.merged().restrict([&delta.key]));
+                changed.merge_key(self.0.merged(), &delta.key);
             }
             if changed.apply(actor, delta).is_err() {
                 failed += 1;

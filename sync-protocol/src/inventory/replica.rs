@@ -303,6 +303,42 @@ impl Inventory {
         out
     }
 
+    /// Joins `other`'s counters of `key` into this replica: the same as merging
+    /// `other.restrict([key])`, without building that restriction. This is how a group
+    /// of appends brings a key's current state into its overlay, once per key.
+    pub fn merge_key(&mut self, other: &Inventory, key: &StockKey) {
+        let Some(theirs) = other.stock.get(key) else { return };
+        let mut entries: Vec<(Ix, Counter)> =
+            theirs.0.iter().map(|&(ix, c)| (self.actors.intern(&other.actors.list[ix]), c)).collect();
+        entries.sort_unstable_by_key(|(ix, _)| *ix);
+        match self.stock.get_mut(key) {
+            Some(mine) => mine.merge_sorted(entries.into_iter()),
+            None => {
+                self.stock.insert(key.clone(), Counters(entries));
+            }
+        }
+    }
+
+    /// `key`'s part of this replica in the canonical encoding: the bytes of
+    /// `self.restrict([key])`, without building it. Stores write one per changed key in
+    /// every commit.
+    pub fn key_row(&self, key: &StockKey) -> impl Serialize + '_ {
+        let mut entries: Vec<(&Actor, Counter)> = self
+            .stock
+            .get(key)
+            .map(|counters| counters.0.iter().map(|&(ix, c)| (&self.actors.list[ix], c)).collect())
+            .unwrap_or_default();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let held = self.stock.get_key_value(key).map(|(key, _)| key);
+        WireRef {
+            actors: entries.iter().map(|(actor, _)| *actor).collect(),
+            stock: held
+                .map(|key| (key, entries.iter().enumerate().map(|(ix, (_, c))| (ix, *c)).collect()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// How many keys this replica knows.
     pub fn len(&self) -> usize {
         self.stock.len()

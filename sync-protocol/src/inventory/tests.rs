@@ -151,6 +151,22 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
+    fn one_key_shortcuts_equal_their_restriction(streams in prop::collection::vec(actor_deltas(), 1..4), k in 0usize..5) {
+        let r = replicas(&streams);
+        let all = merged(&r.iter().collect::<Vec<_>>());
+        // A key every replica may hold, and one none does.
+        let k = [key("S1", "A"), key("S1", "B"), key("S2", "A"), key("S3", "C"), key("S9", "Z")][k].clone();
+        let row = postcard::to_allocvec(&all.key_row(&k)).unwrap();
+        prop_assert_eq!(row, postcard::to_allocvec(&all.restrict([&k])).unwrap());
+        let mut joined = r[0].clone();
+        joined.merge(&all.restrict([&k]));
+        let mut shortcut = r[0].clone();
+        shortcut.merge_key(&all, &k);
+        prop_assert_eq!(&shortcut, &joined);
+        prop_assert_eq!(postcard::to_allocvec(&shortcut).unwrap(), postcard::to_allocvec(&joined).unwrap());
+    }
+
+    #[test]
     fn merge_is_commutative_associative_and_idempotent(streams in prop::collection::vec(actor_deltas(), 3)) {
         let r = replicas(&streams);
         let (a, b, c) = (&r[0], &r[1], &r[2]);
