@@ -5,11 +5,17 @@
 //! | table | key | value | written by |
 //! |---|---|---|---|
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `created_at_ms`) |
-//! | `log` | `u64` offset | postcard [`LogEntry`] | append |
+//! | `log.runs` | `u64` offset of the run's first entry | the run's postcard [`LogEntry`]s, one after another | append, repair |
 //! | `watermarks` | `(&str node_id, u64 epoch, u8 lane)` | `u64` highest seq stored | append |
 //! | `nodes` | `&str` node_id | postcard [`NodeSeen`] | append, hello |
 //! | `stock` | `(&str sku, &str location)` | `(u64 version, postcard one-key Inventory)` | append |
 //! | `digests` | `(&str node_id, u64 epoch, u8 lane, u64 block)` | [`BlockDigest`] bytes, then the first and last log offset of the block's entries | append |
+//!
+//! The consumer log is kept in runs: the entries one append adds (a batch, less what the
+//! relay held already) are one row under the offset of the first, each entry's offset
+//! following from its place in the run. A row per entry cost the writer a tree insert
+//! per event, over a third of its time in `outpost-sim bench drain`; a run is one insert.
+//! Readers find the run holding an offset as the last row at or before it ([`scan_log`]).
 //!
 //! The events' inventory deltas are applied to their actor's counters in the same
 //! transaction that appends them to the log: behind the watermark, so exactly once.
@@ -29,6 +35,7 @@
 //! twice.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,7 +56,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const STORE_FILE: &str = "relay.redb";
 /// On-disk format; a store of another version is refused rather than misread.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
-pub const FORMAT_VERSION: u64 = 2;
+/// 3: the log in runs of entries (`log.runs`) instead of a row per entry (`log`).
+///
+/// A store of format 2 is migrated on open.
+pub const FORMAT_VERSION: u64 = 3;
 /// Most commands the writer puts in one transaction. Many nodes each sending a few
 /// events at a time (`fan-in`) need groups of hundreds of batches, or the relay spends
 /// its time in commits: every commit rewrites the pages of the watermarks, digests and
@@ -66,7 +76,12 @@ pub const GROUP_EVENTS_MAX: usize = 16_384;
 pub const QUEUE_COMMANDS_MAX: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The consumer log, in runs of entries (module doc).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log.runs");
+/// Format 2's log, an entry per row: read once to migrate a store.
+const LOG_V2: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Most entries in one run of a migrated log; an append's run holds one batch.
+const MIGRATED_RUN_MAX: u64 = 512;
 const WATERMARKS: TableDefinition<(&str, u64, u8), u64> = TableDefinition::new("watermarks");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const STOCK: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("stock");
@@ -184,11 +199,15 @@ impl Entries {
         Ok(entries)
     }
 
-    /// The `i`th record's entry and digest.
-    fn get(&self, i: usize) -> (&[u8], &BlockDigest) {
+    /// The `i`th record's digest.
+    fn digest(&self, i: usize) -> &BlockDigest {
+        &self.spans[i].1
+    }
+
+    /// The entries from the `i`th record's on: the run they make in the log.
+    fn from(&self, i: usize) -> &[u8] {
         let start = i.checked_sub(1).map_or(0, |before| self.spans[before].0);
-        let (end, digest) = &self.spans[i];
-        (&self.bytes[start..*end], digest)
+        &self.bytes[start..]
     }
 }
 
@@ -478,15 +497,13 @@ impl Store {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(LOG).map_err(db)?;
         let mut out = Vec::with_capacity(limit.min(1024));
-        for row in table.range(from..).map_err(db)?.take(limit) {
-            let (offset, bytes) = row.map_err(db)?;
-            let offset = offset.value();
-            let entry = postcard::from_bytes(bytes.value()).map_err(|e| StoreError::Corrupt {
-                what: format!("log offset {offset}"),
-                reason: e.to_string(),
-            })?;
-            out.push((offset, entry));
+        if limit == 0 {
+            return Ok(out);
         }
+        scan_log(&table, from..=u64::MAX, |offset, entry, _| {
+            out.push((offset, entry));
+            if out.len() < limit { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+        })?;
         Ok(out)
     }
 
@@ -546,6 +563,11 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
         let mut meta = txn.open_table(META).map_err(db)?;
         let version = meta.get("format_version").map_err(db)?.map(|v| v.value());
         match version {
+            Some(2) => {
+                let runs = migrate_log_from_v2(&txn)?;
+                meta.insert("format_version", FORMAT_VERSION).map_err(db)?;
+                tracing::info!(runs, "store migrated from format 2: the log is kept in runs of entries");
+            }
             Some(found) if found != FORMAT_VERSION => {
                 return Err(StoreError::FormatVersion { path: path.to_owned(), found });
             }
@@ -564,10 +586,115 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
     txn.commit().map_err(db)
 }
 
+/// Rewrites format 2's log (an entry per row) into runs of consecutive offsets, at most
+/// [`MIGRATED_RUN_MAX`] entries each, and drops it. Returns the runs written.
+fn migrate_log_from_v2(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut runs = 0;
+    {
+        let old = txn.open_table(LOG_V2).map_err(db)?;
+        let mut log = txn.open_table(LOG).map_err(db)?;
+        // The run being gathered: its first offset, its length and its bytes.
+        let mut run: Option<(u64, u64, Vec<u8>)> = None;
+        for row in old.iter().map_err(db)? {
+            let (offset, bytes) = row.map_err(db)?;
+            let offset = offset.value();
+            match &mut run {
+                Some((first, len, buf)) if *first + *len == offset && *len < MIGRATED_RUN_MAX => {
+                    buf.extend_from_slice(bytes.value());
+                    *len += 1;
+                }
+                _ => {
+                    if let Some((first, _, buf)) = run.replace((offset, 1, bytes.value().to_vec())) {
+                        log.insert(first, buf.as_slice()).map_err(db)?;
+                        runs += 1;
+                    }
+                }
+            }
+        }
+        if let Some((first, _, buf)) = run {
+            log.insert(first, buf.as_slice()).map_err(db)?;
+            runs += 1;
+        }
+    }
+    txn.delete_table(LOG_V2).map_err(db)?;
+    Ok(runs)
+}
+
 fn load_next_offset(database: &Database) -> Result<u64, StoreError> {
     let txn = database.begin_read().map_err(db)?;
-    let log = txn.open_table(LOG).map_err(db)?;
-    Ok(log.last().map_err(db)?.map_or(0, |(offset, _)| offset.value() + 1))
+    next_offset_of(&txn.open_table(LOG).map_err(db)?)
+}
+
+/// The offset after the log's last entry.
+fn next_offset_of(log: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    let Some((first, bytes)) = log.last().map_err(db)? else { return Ok(0) };
+    let mut next = first.value();
+    for entry in Run::new(first.value(), bytes.value()) {
+        next = entry?.0 + 1;
+    }
+    Ok(next)
+}
+
+/// The entries of a run stored under offset `first`, each with its offset and its bytes.
+struct Run<'a> {
+    offset: u64,
+    rest: &'a [u8],
+}
+
+impl<'a> Run<'a> {
+    fn new(first: u64, bytes: &'a [u8]) -> Self {
+        Run { offset: first, rest: bytes }
+    }
+}
+
+impl<'a> Iterator for Run<'a> {
+    type Item = Result<(u64, LogEntry, &'a [u8]), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let offset = self.offset;
+        match postcard::take_from_bytes::<LogEntry>(self.rest) {
+            Ok((entry, rest)) => {
+                let raw = &self.rest[..self.rest.len() - rest.len()];
+                self.rest = rest;
+                self.offset += 1;
+                Some(Ok((offset, entry, raw)))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Some(Err(StoreError::Corrupt { what: format!("log offset {offset}"), reason: e.to_string() }))
+            }
+        }
+    }
+}
+
+/// Shows `visit` the log's entries with offsets in `offsets`, in order, each with its
+/// bytes, until it breaks. The run holding the first is the last row at or before it.
+fn scan_log(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    offsets: std::ops::RangeInclusive<u64>,
+    mut visit: impl FnMut(u64, LogEntry, &[u8]) -> ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let (from, through) = (*offsets.start(), *offsets.end());
+    let start = match log.range(..=from).map_err(db)?.next_back() {
+        Some(row) => row.map_err(db)?.0.value(),
+        None => from,
+    };
+    for row in log.range(start..=through).map_err(db)? {
+        let (first, bytes) = row.map_err(db)?;
+        for entry in Run::new(first.value(), bytes.value()) {
+            let (offset, entry, raw) = entry?;
+            if offset > through {
+                return Ok(());
+            }
+            if offset >= from && visit(offset, entry, raw).is_break() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_inventory(database: &Database) -> Result<RelayInventory, StoreError> {
@@ -743,24 +870,30 @@ impl Writer {
                     StoreError::CommitFailed(format!("unreadable digest of {node} block {block}"))
                 })?;
                 blocks.insert(block, stored);
-                for row in log.range(stored.first_offset..=stored.last_offset).map_err(db)? {
-                    let (offset, bytes) = row.map_err(db)?;
-                    let entry: LogEntry =
-                        postcard::from_bytes(bytes.value()).map_err(|e| StoreError::Corrupt {
-                            what: format!("log offset {}", offset.value()),
-                            reason: e.to_string(),
-                        })?;
+                let mut failed = None;
+                scan_log(&log, stored.first_offset..=stored.last_offset, |_, entry, _| {
                     if entry.node_id == r.node.node_id
                         && entry.epoch == r.epoch
                         && entry.lane == r.lane
                         && (first..=last).contains(&entry.seq)
                     {
-                        let encoded = postcard::to_allocvec(&entry.record)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                        held.insert(entry.seq, encoded);
+                        match postcard::to_allocvec(&entry.record) {
+                            Ok(encoded) => drop(held.insert(entry.seq, encoded)),
+                            Err(e) => {
+                                failed = Some(StoreError::CommitFailed(e.to_string()));
+                                return ControlFlow::Break(());
+                            }
+                        }
                     }
+                    ControlFlow::Continue(())
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
+            // The entries inserted, as one run from the next offset.
+            let run_offset = *next;
+            let mut run = Vec::new();
             for (seq, record) in (first..=last).zip(&r.records) {
                 if seq > watermark {
                     outcome.beyond_watermark += 1;
@@ -786,11 +919,14 @@ impl Writer {
                         };
                         let (bytes, _) =
                             entry.encode().map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                        log.insert(*next, bytes.as_slice()).map_err(db)?;
+                        run.extend_from_slice(&bytes);
                         *next += 1;
                         outcome.inserted += 1;
                     }
                 }
+            }
+            if !run.is_empty() {
+                log.insert(run_offset, run.as_slice()).map_err(db)?;
             }
             if outcome.inserted > 0 {
                 for (block, stored) in blocks {
@@ -855,6 +991,8 @@ impl Writer {
                     continue;
                 }
                 let mut seq = first_seq.get();
+                // The records below the watermark are a prefix; the rest is one run.
+                let mut run = None;
                 let actor = Actor { node_id: node.node_id.clone(), epoch };
                 // This append's share of the block digests, merged into the group's below.
                 let mut blocks: BTreeMap<u64, StoredDigest> = BTreeMap::new();
@@ -871,17 +1009,19 @@ impl Writer {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
-                        let (entry, one) = entries.get(i);
+                        run.get_or_insert((*next, i));
                         blocks
                             .entry(block_of(seq))
                             .or_insert_with(|| StoredDigest::empty(*next))
-                            .add(one, *next);
-                        log.insert(*next, entry).map_err(db)?;
+                            .add(entries.digest(i), *next);
                         *next += 1;
                     } else {
                         self.stats.skipped.inc();
                     }
                     seq += 1;
+                }
+                if let Some((offset, i)) = run {
+                    log.insert(offset, entries.from(i)).map_err(db)?;
                 }
                 if seq - 1 > watermark {
                     marks.insert(key, seq - 1).map_err(db)?;
@@ -942,30 +1082,53 @@ pub fn lose_records(
     {
         let mut log = txn.open_table(LOG).map_err(db)?;
         let mut digests = txn.open_table(DIGESTS).map_err(db)?;
-        let last_offset = log.last().map_err(db)?.map(|(offset, _)| offset.value());
+        let last_offset = next_offset_of(&log)?.checked_sub(1);
+        let mut doomed = BTreeSet::new();
         for block in block_of(*seqs.start())..=block_of(*seqs.end()) {
             let key = (node_id.as_str(), epoch.0, lane as u8, block);
             let Some(bytes) = digests.get(key).map_err(db)?.map(|v| v.value().to_vec()) else { continue };
             let mut stored = StoredDigest::from_bytes(&bytes)
                 .ok_or_else(|| StoreError::CommitFailed(format!("unreadable digest of block {block}")))?;
-            let mut doomed = Vec::new();
-            for row in log.range(stored.first_offset..=stored.last_offset).map_err(db)? {
-                let (offset, bytes) = row.map_err(db)?;
-                let entry: LogEntry = postcard::from_bytes(bytes.value())
-                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+            let mut found = Vec::new();
+            scan_log(&log, stored.first_offset..=stored.last_offset, |offset, entry, _| {
                 let ours = entry.node_id == *node_id && entry.epoch == epoch && entry.lane == lane;
-                if ours && seqs.contains(&entry.seq) && Some(offset.value()) != last_offset {
-                    let one = BlockDigest::of(lane, entry.seq, &entry.record)
-                        .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                    doomed.push((offset.value(), one));
+                if ours && seqs.contains(&entry.seq) && Some(offset) != last_offset {
+                    found.push((offset, entry));
                 }
-            }
-            for (offset, one) in doomed {
-                log.remove(offset).map_err(db)?;
+                ControlFlow::Continue(())
+            })?;
+            for (offset, entry) in found {
+                let one = BlockDigest::of(lane, entry.seq, &entry.record)
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                 stored.digest.subtract(&one);
-                removed += 1;
+                doomed.insert(offset);
             }
             digests.insert(key, stored.to_bytes().as_slice()).map_err(db)?;
+        }
+        // Each run that loses entries is written again as the runs of what it keeps.
+        let mut runs = BTreeSet::new();
+        for &offset in &doomed {
+            if let Some(row) = log.range(..=offset).map_err(db)?.next_back() {
+                runs.insert(row.map_err(db)?.0.value());
+            }
+        }
+        for first in runs {
+            let Some(bytes) = log.remove(first).map_err(db)?.map(|v| v.value().to_vec()) else { continue };
+            let mut kept: Option<(u64, Vec<u8>)> = None;
+            for entry in Run::new(first, &bytes) {
+                let (offset, _, raw) = entry?;
+                if doomed.contains(&offset) {
+                    removed += 1;
+                    if let Some((at, run)) = kept.take() {
+                        log.insert(at, run.as_slice()).map_err(db)?;
+                    }
+                } else {
+                    kept.get_or_insert_with(|| (offset, Vec::new())).1.extend_from_slice(raw);
+                }
+            }
+            if let Some((at, run)) = kept {
+                log.insert(at, run.as_slice()).map_err(db)?;
+            }
         }
     }
     txn.commit().map_err(db)?;

@@ -132,6 +132,82 @@ async fn reads_page_through_the_log() {
     assert_eq!(seen, 25);
 }
 
+/// Every entry the log should hold, in offset order.
+fn expected_log(appends: &[(&str, u64, Lane, u64, u64)]) -> Vec<(u64, LogEntry)> {
+    let entries = appends.iter().flat_map(|&(id, epoch, lane, first, n)| {
+        (first..first + n).zip(records(first, n)).map(move |(seq, record)| LogEntry {
+            node_id: node(id).node_id,
+            epoch: Epoch(epoch),
+            lane,
+            seq,
+            record,
+        })
+    });
+    (0..).zip(entries).collect()
+}
+
+#[tokio::test]
+async fn every_offset_reads_from_the_middle_of_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let appends = [("n1", 1, Lane::Bulk, 1, 7), ("n2", 3, Lane::Critical, 1, 1), ("n1", 1, Lane::Bulk, 8, 5)];
+    for (id, epoch, lane, first, n) in appends {
+        append(&store, id, epoch, lane, first, n).await.unwrap();
+    }
+    // An overlap adds a run of only what is new.
+    append(&store, "n2", 3, Lane::Critical, 1, 3).await.unwrap();
+    let all = expected_log(&[
+        ("n1", 1, Lane::Bulk, 1, 7),
+        ("n2", 3, Lane::Critical, 1, 1),
+        ("n1", 1, Lane::Bulk, 8, 5),
+    ])
+    .into_iter()
+    .chain(expected_log(&[("n2", 3, Lane::Critical, 2, 2)]).into_iter().map(|(o, e)| (o + 13, e)))
+    .collect::<Vec<_>>();
+    assert_eq!(*store.next_offset().borrow(), 15);
+    for from in 0..=16 {
+        for limit in [1, 3, 100] {
+            let expected: Vec<_> = all.iter().skip(from).take(limit).cloned().collect();
+            assert_eq!(store.read_log(from as u64, limit).unwrap(), expected, "from {from}, limit {limit}");
+        }
+    }
+    store.close().await;
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.next_offset().borrow(), 15, "the next offset follows the last run's length");
+}
+
+#[tokio::test]
+async fn a_log_of_format_2_is_migrated_into_runs_with_every_entry_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    // Format 2 kept an entry per row; a removed entry leaves a gap in the offsets.
+    let entries = expected_log(&[("n1", 1, Lane::Bulk, 1, 1200), ("n2", 2, Lane::Standard, 1, 3)]);
+    let kept: Vec<_> = entries.into_iter().filter(|(offset, _)| *offset != 700).collect();
+    {
+        let database = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format_version", 2).unwrap();
+        {
+            let mut log = txn.open_table(LOG_V2).unwrap();
+            for (offset, entry) in &kept {
+                log.insert(offset, entry.encode().unwrap().0.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.next_offset().borrow(), 1203);
+    assert_eq!(store.read_log(0, 2000).unwrap(), kept);
+    assert_eq!(store.read_log(699, 2).unwrap(), kept[699..701].to_vec(), "past the gap");
+    let txn = store.db.begin_read().unwrap();
+    assert!(txn.open_table(LOG_V2).is_err(), "the old table is gone");
+    let runs = redb::ReadableTableMetadata::len(&txn.open_table(LOG).unwrap()).unwrap();
+    assert_eq!(runs, 3, "0..=511, 512..=699 and 701..=1202");
+    drop(txn);
+    // Appends go on after the migrated log.
+    append(&store, "n3", 1, Lane::Bulk, 1, 1).await.unwrap();
+    assert_eq!(store.read_log(1203, 10).unwrap().len(), 1);
+}
+
 #[test]
 fn a_store_of_another_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,8 +357,15 @@ fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
             record: record.clone(),
         };
         let (bytes, record_at) = entry.encode().unwrap();
-        let (prepared, digest) = entries.get(i);
-        assert_eq!(prepared, bytes.as_slice(), "entry {i}");
-        assert_eq!(*digest, BlockDigest::of_record(Lane::Standard, seq, &bytes[record_at..]), "digest {i}");
+        // The run from record i on starts with its entry, at the run's offset.
+        let (offset, decoded, raw) = Run::new(100, entries.from(i)).next().unwrap().unwrap();
+        assert_eq!((offset, &decoded, raw), (100, &entry, bytes.as_slice()), "entry {i}");
+        assert_eq!(
+            *entries.digest(i),
+            BlockDigest::of_record(Lane::Standard, seq, &bytes[record_at..]),
+            "digest {i}"
+        );
     }
+    let offsets: Vec<u64> = Run::new(100, entries.from(1)).map(|e| e.unwrap().0).collect();
+    assert_eq!(offsets, [100, 101]);
 }
