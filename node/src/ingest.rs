@@ -262,8 +262,9 @@ fn checked(event: Event) -> Result<Event, IngestError> {
     Ok(event)
 }
 
-/// An event object whose fields have the types of [`FIELDS`], read without a tree.
-/// Unknown and repeated fields are refused here, so that the tree reports them.
+/// An event object whose fields have the types of [`FIELDS`], read without a tree
+/// (through [`Object`]). Unknown and repeated fields are refused here, so that the tree
+/// reports them.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Typed<'a> {
@@ -283,6 +284,26 @@ struct Typed<'a> {
     attrs: Option<BTreeMap<String, String>>,
 }
 
+/// A [`Typed`] read from a JSON object only: a derived struct would also read its fields
+/// from an array, in order, which the tree refuses as "not a json object".
+struct Object<'a>(Typed<'a>);
+
+impl<'de> serde::Deserialize<'de> for Object<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
 /// A string borrowed from the body unless it holds escapes. (serde borrows a `Cow` field
 /// only when the field is the `Cow` itself, not inside an `Option`.)
 #[derive(Clone, serde::Deserialize)]
@@ -292,10 +313,10 @@ impl<'a> Typed<'a> {
     /// The post, or `None` if its body does not have the typed shape.
     fn read(body: &'a [u8]) -> Option<Posted> {
         match body.iter().find(|b| !b" \t\r\n".contains(b))? {
-            b'{' => Some(Posted::Single(serde_json::from_slice::<Typed<'_>>(body).ok()?.event())),
+            b'{' => Some(Posted::Single(serde_json::from_slice::<Object<'_>>(body).ok()?.0.event())),
             b'[' => {
-                let items: Vec<Typed<'_>> = serde_json::from_slice(body).ok()?;
-                Some(Posted::Many(items.into_iter().map(Typed::entry).collect()))
+                let items: Vec<Object<'_>> = serde_json::from_slice(body).ok()?;
+                Some(Posted::Many(items.into_iter().map(|item| item.0.entry()).collect()))
             }
             _ => None,
         }

@@ -45,6 +45,11 @@ fn well_typed_bodies_are_read_without_a_tree_and_the_rest_through_it() {
     assert!(agrees_with_tree(br#"{"event_id":"a\u0062","kind":"ship","sku":"S\/1","location":"L","qty":1}"#));
     let text: Text<'_> = serde_json::from_str(r#""plain""#).unwrap();
     assert!(matches!(text.0, Cow::Borrowed("plain")));
+    let object: Object<'_> = serde_json::from_str(r#"{"event_id": "plain"}"#).unwrap();
+    assert!(
+        matches!(object.0.event_id.map(|id| id.0), Some(Cow::Borrowed("plain"))),
+        "borrowed through the object"
+    );
     // Checks beyond types are the typed read's own, in the tree's order.
     assert!(agrees_with_tree(br#"{"kind":"ship","qty":1}"#));
     assert!(agrees_with_tree(br#"[{"event_id":"x","kind":"nope","sku":"S","location":"L","qty":1}]"#));
@@ -54,6 +59,10 @@ fn well_typed_bodies_are_read_without_a_tree_and_the_rest_through_it() {
     ));
     assert!(!agrees_with_tree(br#"[{"event_id":"x","kind":"ship","sku":"S","location":"L","qty":1}, 7]"#));
     assert!(!agrees_with_tree(b"[1"));
+    // An array is not an event, even one with a value for each field in order.
+    assert!(!agrees_with_tree(br#"[["e-1","scan","SKU-1","A-01",1,null,null,null,null,null]]"#));
+    assert!(!agrees_with_tree(br#"["e-1","scan","SKU-1","A-01",1,null,null,null,null,null]"#));
+    assert!(!agrees_with_tree(b"[[null,null,null,null,null,null,null,null,null,null]]"));
     assert!(!agrees_with_tree(b"\"text\""));
 }
 

@@ -61,8 +61,9 @@ pub fn draw(rng: &mut StdRng, safety: Duration) -> Plan {
     let scanners_per_node = rng.random_range(1..=2);
     let base_latency = (0..nodes).map(|_| Duration::from_millis(rng.random_range(2..=60))).collect();
     let batch_events_max = (0..nodes).map(|_| rng.random_range(1..=32)).collect();
-    let batches_in_flight_max = (0..nodes).map(|_| rng.random_range(1..=8)).collect();
-    let relay_limits = (rng.random_range(2..=64), rng.random_range(1..=8));
+    let in_flight = 1..=sync_protocol::wire::BATCHES_IN_FLIGHT_MAX;
+    let batches_in_flight_max = (0..nodes).map(|_| rng.random_range(in_flight.clone())).collect();
+    let relay_limits = (rng.random_range(2..=64), rng.random_range(in_flight));
     let rules = (0..rng.random_range(1..=5)).map(|_| draw_rule(rng, nodes, safety)).collect();
     let mut crashes = Vec::new();
     for _ in 0..rng.random_range(0..=3) {

@@ -226,7 +226,9 @@ impl Inventory {
     }
 
     /// Applies `actor`'s delta. The caller applies each delta exactly once (the node in
-    /// the transaction that stores the event, the relay behind its watermark).
+    /// the transaction that stores the event, the relay behind its watermark). A delta
+    /// that would overflow the counter is refused and leaves every value as it was: the
+    /// node's writer relies on that to apply an event's one delta without a trial copy.
     pub fn apply(&mut self, actor: &Actor, delta: &Delta) -> Result<(), InventoryError> {
         let ix = self.actors.intern(actor);
         // Most deltas move a key already held: find it without copying the key.

@@ -109,9 +109,11 @@ fn overflow_is_refused_not_wrapped() {
     let k = key("SKU-1", "A1");
     let a = actor("n1", 1);
     inv.apply(&a, &Delta { key: k.clone(), change: i64::MAX }).unwrap();
+    let before = postcard::to_allocvec(&inv).unwrap();
     let err = inv.apply(&a, &Delta { key: k.clone(), change: 1 }).unwrap_err();
     assert!(matches!(err, InventoryError::Overflow { .. }), "{err}");
     assert_eq!(inv.value(&k).unwrap(), i64::MAX, "a refused delta changes nothing");
+    assert_eq!(postcard::to_allocvec(&inv).unwrap(), before, "not even another counter");
     // Two actors at the maximum overflow the sum: reading says so.
     inv.apply(&actor("n2", 1), &Delta { key: k.clone(), change: 1 }).unwrap();
     assert!(inv.value(&k).is_err());
