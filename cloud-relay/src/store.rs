@@ -15,7 +15,7 @@
 //! relay held already) are one row under the offset of the first, each entry's offset
 //! following from its place in the run. A row per entry cost the writer a tree insert
 //! per event, over a third of its time in `outpost-sim bench drain`; a run is one insert.
-//! Readers find the run holding an offset as the last row at or before it ([`scan_log`]).
+//! Readers find the run holding an offset as the last row at or before it (`scan_log`).
 //!
 //! The events' inventory deltas are applied to their actor's counters in the same
 //! transaction that appends them to the log: behind the watermark, so exactly once.

@@ -183,7 +183,7 @@ pub enum Posted {
 /// Parses a request body. Whole-body problems are errors; per-event problems are kept
 /// per entry so that an array answers for each of its events.
 ///
-/// A body is first read straight into typed fields ([`Typed`]); one that shape refuses
+/// A body is first read straight into typed fields (`Typed`); one that shape refuses
 /// (malformed, or an entry with a wrong type or an unknown field) is read again through a
 /// JSON tree, whose errors name the field at fault. Both reads give the same result for
 /// every body; the first only allocates less (through the tree, parsing was 16% of the
