@@ -29,7 +29,7 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const BATCH_EVENTS_MAX: u32 = 512;
 /// Default most unacknowledged batches per lane: enough to keep a 100 ms WAN busy at the
 /// commit rate of one relay, small enough that a resync resends little.
-pub const BATCHES_IN_FLIGHT_MAX: u32 = 16;
+pub const BATCHES_IN_FLIGHT_MAX: u32 = 8;
 
 /// Everything that travels between node and relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
