@@ -1,7 +1,6 @@
 //! The scanners' JSON, parsed at the edge into validated [`Event`]s, and the typed errors
 //! of ingest with their HTTP status codes (API.md).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
@@ -175,51 +174,32 @@ impl From<ParseError> for IngestError {
 pub enum Posted {
     /// One event object.
     Single(Result<Event, IngestError>),
-    /// An array; each entry judged on its own. A refused entry keeps the `event_id` it
-    /// was posted with, if it had one as a string, for its answer.
+    /// An array; each entry judged on its own.
     Many(Vec<(Option<String>, Result<Event, IngestError>)>),
 }
 
 /// Parses a request body. Whole-body problems are errors; per-event problems are kept
 /// per entry so that an array answers for each of its events.
-///
-/// A body is first read straight into typed fields (`Typed`); one that shape refuses
-/// (malformed, or an entry with a wrong type or an unknown field) is read again through a
-/// JSON tree, whose errors name the field at fault. Both reads give the same result for
-/// every body; the first only allocates less (through the tree, parsing was 16% of the
-/// node's samples in `ingest-batch`).
 pub fn parse_body(body: &[u8], batch_events_max: usize) -> Result<Posted, IngestError> {
-    let posted = match Typed::read(body) {
-        Some(posted) => posted,
-        None => parse_tree(body)?,
-    };
-    if let Posted::Many(items) = &posted {
-        if items.len() > batch_events_max {
-            return Err(IngestError::TooManyEvents { count: items.len(), max: batch_events_max });
-        }
-        if items.is_empty() {
-            return Err(IngestError::invalid("body", "an array must hold at least one event"));
-        }
-    }
-    Ok(posted)
-}
-
-/// [`parse_body`] through a JSON tree.
-fn parse_tree(body: &[u8]) -> Result<Posted, IngestError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| IngestError::MalformedJson(e.to_string()))?;
     match value {
-        Value::Array(items) => Ok(Posted::Many(
-            items
-                .into_iter()
-                .map(|item| {
-                    let id = item.get("event_id").and_then(Value::as_str).map(str::to_owned);
-                    match parse_event(item) {
-                        Ok(event) => (None, Ok(event)),
-                        Err(e) => (id, Err(e)),
-                    }
-                })
-                .collect(),
-        )),
+        Value::Array(items) => {
+            if items.len() > batch_events_max {
+                return Err(IngestError::TooManyEvents { count: items.len(), max: batch_events_max });
+            }
+            if items.is_empty() {
+                return Err(IngestError::invalid("body", "an array must hold at least one event"));
+            }
+            Ok(Posted::Many(
+                items
+                    .into_iter()
+                    .map(|item| {
+                        let id = item.get("event_id").and_then(Value::as_str).map(str::to_owned);
+                        (id, parse_event(item))
+                    })
+                    .collect(),
+            ))
+        }
         other => Ok(Posted::Single(parse_event(other))),
     }
 }
@@ -232,7 +212,7 @@ pub fn parse_event(value: Value) -> Result<Event, IngestError> {
     if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(IngestError::invalid(unknown, "unknown field"));
     }
-    checked(Event {
+    let event = Event {
         event_id: required_str(&mut map, "event_id")?.parse()?,
         kind: required_str(&mut map, "kind")?.parse()?,
         sku: required_str(&mut map, "sku")?.parse()?,
@@ -248,11 +228,7 @@ pub fn parse_event(value: Value) -> Result<Event, IngestError> {
         shipment_id: optional_str(&mut map, "shipment_id")?,
         order_id: optional_str(&mut map, "order_id")?,
         attrs: attrs(map.remove("attrs"))?,
-    })
-}
-
-/// The checks of an event beyond the types of its fields.
-fn checked(event: Event) -> Result<Event, IngestError> {
+    };
     if let Some(at) = &event.occurred_at
         && !is_rfc3339(at)
     {
@@ -260,96 +236,6 @@ fn checked(event: Event) -> Result<Event, IngestError> {
     }
     event.validate()?;
     Ok(event)
-}
-
-/// An event object whose fields have the types of [`FIELDS`], read without a tree
-/// (through [`Object`]). Unknown and repeated fields are refused here, so that the tree
-/// reports them.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Typed<'a> {
-    #[serde(borrow)]
-    event_id: Option<Text<'a>>,
-    #[serde(borrow)]
-    kind: Option<Text<'a>>,
-    #[serde(borrow)]
-    sku: Option<Text<'a>>,
-    #[serde(borrow)]
-    location: Option<Text<'a>>,
-    qty: Option<i64>,
-    occurred_at: Option<String>,
-    device_id: Option<String>,
-    shipment_id: Option<String>,
-    order_id: Option<String>,
-    attrs: Option<BTreeMap<String, String>>,
-}
-
-/// A [`Typed`] read from a JSON object only: a derived struct would also read its fields
-/// from an array, in order, which the tree refuses as "not a json object".
-struct Object<'a>(Typed<'a>);
-
-impl<'de> serde::Deserialize<'de> for Object<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = Object<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an event object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
-            }
-        }
-        deserializer.deserialize_map(Fields)
-    }
-}
-
-/// A string borrowed from the body unless it holds escapes. (serde borrows a `Cow` field
-/// only when the field is the `Cow` itself, not inside an `Option`.)
-#[derive(Clone, serde::Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl<'a> Typed<'a> {
-    /// The post, or `None` if its body does not have the typed shape.
-    fn read(body: &'a [u8]) -> Option<Posted> {
-        match body.iter().find(|b| !b" \t\r\n".contains(b))? {
-            b'{' => Some(Posted::Single(serde_json::from_slice::<Object<'_>>(body).ok()?.0.event())),
-            b'[' => {
-                let items: Vec<Object<'_>> = serde_json::from_slice(body).ok()?;
-                Some(Posted::Many(items.into_iter().map(|item| item.0.entry()).collect()))
-            }
-            _ => None,
-        }
-    }
-
-    /// An entry of [`Posted::Many`].
-    fn entry(self) -> (Option<String>, Result<Event, IngestError>) {
-        let id = self.event_id.clone();
-        match self.event() {
-            Ok(event) => (None, Ok(event)),
-            Err(e) => (id.map(|id| id.0.into_owned()), Err(e)),
-        }
-    }
-
-    /// The event, checked in the order of [`parse_event`] so that the first fault found
-    /// is the same.
-    fn event(self) -> Result<Event, IngestError> {
-        let required = |value: Option<Text<'a>>, field: &str| {
-            value.ok_or_else(|| IngestError::invalid(field, "missing"))
-        };
-        checked(Event {
-            event_id: required(self.event_id, "event_id")?.0.parse()?,
-            kind: required(self.kind, "kind")?.0.parse()?,
-            sku: required(self.sku, "sku")?.0.parse()?,
-            location: required(self.location, "location")?.0.parse()?,
-            qty: self.qty.ok_or_else(|| IngestError::invalid("qty", "missing"))?,
-            occurred_at: self.occurred_at,
-            device_id: self.device_id,
-            shipment_id: self.shipment_id,
-            order_id: self.order_id,
-            attrs: self.attrs.unwrap_or_default(),
-        })
-    }
 }
 
 fn required_str(map: &mut Map<String, Value>, field: &str) -> Result<String, IngestError> {
