@@ -871,25 +871,21 @@ impl Writer {
                     StoreError::CommitFailed(format!("unreadable digest of {node} block {block}"))
                 })?;
                 blocks.insert(block, stored);
-                let mut failed = None;
+                let mut ours = Vec::new();
                 scan_log(&log, stored.first_offset..=stored.last_offset, |_, entry, _| {
                     if entry.node_id == r.node.node_id
                         && entry.epoch == r.epoch
                         && entry.lane == r.lane
                         && (first..=last).contains(&entry.seq)
                     {
-                        match postcard::to_allocvec(&entry.record) {
-                            Ok(encoded) => drop(held.insert(entry.seq, encoded)),
-                            Err(e) => {
-                                failed = Some(StoreError::CommitFailed(e.to_string()));
-                                return ControlFlow::Break(());
-                            }
-                        }
+                        ours.push((entry.seq, entry.record));
                     }
                     ControlFlow::Continue(())
                 })?;
-                if let Some(e) = failed {
-                    return Err(e);
+                for (seq, record) in ours {
+                    let encoded = postcard::to_allocvec(&record)
+                        .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                    held.insert(seq, encoded);
                 }
             }
             // The entries inserted, as one run from the next offset.
