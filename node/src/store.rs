@@ -4,7 +4,7 @@
 //! | table | key | value | written by |
 //! |---|---|---|---|
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `epoch`, `created_at_ms`) |
-//! | `events.critical`, `events.standard`, `events.bulk` | `u64` seq | [`Record`] in its stored form ([`codec`]) | append; prune removes |
+//! | `runs.critical`, `runs.standard`, `runs.bulk` | `u64` seq of a run's first record | a run: consecutive [`Record`]s in their stored form ([`codec`]), each after its length | append (rows of at most 1,000 bytes per group and lane); prune removes or cuts |
 //! | `event_ids` | `&str` event_id | `u64`: lane in the top two bits, seq below | append (in key order); prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked, u64 backlog bytes)` | append (head, bytes), ack (acked, bytes) |
 //! | `stock` | `(&str sku, &str location)` | postcard one-key [`Inventory`] | append (own deltas), merge |
@@ -17,7 +17,9 @@
 //! grow over time (a counter, a time-ordered UUID) then append as well. Together they
 //! took the store from 148 to 106 bytes per buffered event (`outpost-sim bench disk`);
 //! records in their compact stored form and lane and seq in one `u64` in the id index
-//! (format 4, [`codec`]) took it to 94–98.
+//! (format 4, [`codec`]) took it to 94–98. Runs of records, one row per group and lane
+//! instead of one per record (format 5), save redb an insert per event and the key and
+//! offsets it stored with each.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -46,6 +48,7 @@
 //! applies all of it in one transaction: one fsync for the whole group.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard};
@@ -61,12 +64,19 @@ use crate::digest::{BlockDigest, block_of, seqs_of};
 
 pub mod codec;
 pub mod disk;
+mod run;
 
 pub use disk::{Failure, Pressure, Quota};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Each lane's events, by seq.
-const EVENTS: PerLane<TableDefinition<u64, &[u8]>> = PerLane([
+const RUNS: PerLane<TableDefinition<u64, &[u8]>> = PerLane([
+    TableDefinition::new("runs.critical"),
+    TableDefinition::new("runs.standard"),
+    TableDefinition::new("runs.bulk"),
+]);
+/// Formats 3 and 4: a row per record.
+const EVENTS_V4: PerLane<TableDefinition<u64, &[u8]>> = PerLane([
     TableDefinition::new("events.critical"),
     TableDefinition::new("events.standard"),
     TableDefinition::new("events.bulk"),
@@ -86,9 +96,10 @@ const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests
 /// 3: a table of events per lane.
 /// 4: records in a compact stored form ([`codec`]) instead of postcard's, and the id
 ///    index's lane and seq in one `u64`.
+/// 5: each lane's records in runs, a row per group commit instead of one per record.
 ///
-/// A store of format 2 or 3 is migrated on open.
-pub const FORMAT_VERSION: u64 = 4;
+/// A store of format 2, 3 or 4 is migrated on open.
+pub const FORMAT_VERSION: u64 = 5;
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "node.redb";
 /// Most events applied in one group commit. A group this large commits in tens of
@@ -475,13 +486,17 @@ impl Store {
     pub fn read_range(&self, lane: Lane, first: Seq, count: u32) -> Result<Vec<Record>, StoreError> {
         self.db.read(|db| {
             let txn = db.begin_read().db()?;
-            let table = txn.open_table(*EVENTS.get(lane)).db()?;
-            let (start, end) = (first.get(), first.get().saturating_add(u64::from(count)));
-            let mut out = Vec::with_capacity(count as usize);
-            for entry in table.range(start..end).db()? {
-                let (key, value) = entry.db()?;
-                out.push(decode_record(lane, key.value(), value.value())?);
-            }
+            let table = txn.open_table(*RUNS.get(lane)).db()?;
+            let Some(last) = first.get().checked_add(u64::from(count)).and_then(|end| end.checked_sub(1))
+            else {
+                return Ok(Vec::new());
+            };
+            // Sized for what a lane is likely to hold, not for what a caller may ask.
+            let mut out = Vec::with_capacity((count as usize).min(4096));
+            run::scan(&table, lane, first.get()..=last, |seq, bytes| {
+                out.push(decode_record(lane, seq, bytes)?);
+                Ok(ControlFlow::Continue(()))
+            })?;
             Ok(out)
         })
     }
@@ -498,9 +513,9 @@ impl Store {
             return Ok(None);
         };
         let (lane, seq) = placed(value)?;
-        let events = txn.open_table(*EVENTS.get(lane)).db()?;
-        let Some(bytes) = events.get(seq).db()? else { return Ok(None) };
-        let record = decode_record(lane, seq, bytes.value())?;
+        let Some(record) = run::record(&txn.open_table(*RUNS.get(lane)).db()?, lane, seq)? else {
+            return Ok(None);
+        };
         let seq = Seq::new(seq).ok_or(StoreError::Corrupt { lane, seq, reason: "seq 0".into() })?;
         Ok(Some((Placement { lane, seq, received_at_ms: record.received_at_ms }, record)))
     }
@@ -545,11 +560,8 @@ impl Store {
         }
         self.db.read(|db| {
             let txn = db.begin_read().db()?;
-            let table = txn.open_table(*EVENTS.get(lane)).db()?;
-            let record = table.get(pos.acked + 1).db()?;
-            record
-                .map(|v| decode_record(lane, pos.acked + 1, v.value()).map(|r| r.received_at_ms))
-                .transpose()
+            let record = run::record(&txn.open_table(*RUNS.get(lane)).db()?, lane, pos.acked + 1)?;
+            Ok(record.map(|r| r.received_at_ms))
         })
     }
 
@@ -614,7 +626,7 @@ fn init_meta(
         let mut meta = txn.open_table(META).db()?;
         let version = meta.get("format_version").db()?.map(|v| v.value());
         match version {
-            Some(found @ (2 | 3)) => {
+            Some(found @ 2..=4) => {
                 tracing::info!(
                     path = %path.display(),
                     "migrating the store from format {found} to {FORMAT_VERSION}: every record is rewritten \
@@ -624,8 +636,11 @@ fn init_meta(
                 if found == 2 {
                     migrate_events_from_v2(&txn)?;
                 }
-                let events = migrate_records_from_v3(&txn)?;
-                migrate_ids_from_v3(&txn)?;
+                if found <= 3 {
+                    migrate_records_from_v3(&txn)?;
+                    migrate_ids_from_v3(&txn)?;
+                }
+                let events = migrate_runs_from_v4(&txn)?;
                 meta.insert("format_version", FORMAT_VERSION).db()?;
                 tracing::info!(path = %path.display(), events, "store migrated from format {found} to {FORMAT_VERSION}");
             }
@@ -646,7 +661,7 @@ fn init_meta(
             reason: "no epoch in meta".into(),
         })?
     };
-    open_events(&txn)?;
+    open_runs(&txn)?;
     txn.open_table(IDS).db()?;
     txn.open_table(LANES).db()?;
     txn.open_table(STOCK).db()?;
@@ -658,7 +673,7 @@ fn init_meta(
 /// Moves format 2's one `events` table into a table per lane, in the transaction that
 /// records the current format, so a crash leaves the store in one format or the other.
 fn migrate_events_from_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut events = open_events(txn)?;
+    let mut events = open_events_v4(txn)?;
     {
         let old = txn.open_table(EVENTS_V2).db()?;
         for entry in old.iter().db()? {
@@ -700,7 +715,7 @@ const MIGRATION_CHUNK: usize = 10_000;
 /// lane's backlog bytes to match, in the transaction that records format 4, so a crash
 /// leaves the store in one format or the other. Returns the number of records rewritten.
 fn migrate_records_from_v3(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let mut events = open_events(txn)?;
+    let mut events = open_events_v4(txn)?;
     let mut lanes = txn.open_table(LANES).db()?;
     let mut rewritten = 0u64;
     for lane in Lane::ALL {
@@ -731,6 +746,34 @@ fn migrate_records_from_v3(txn: &redb::WriteTransaction) -> Result<u64, StoreErr
         lanes.insert(lane as u8, (head, acked, backlog_bytes)).db()?;
     }
     Ok(rewritten)
+}
+
+/// Gathers format 4's rows, one per record, into runs (of [`run::RUN_BYTES_MAX`] or up
+/// to a gap), in the transaction that records format 5, and removes the old tables.
+/// Returns the number of records moved.
+fn migrate_runs_from_v4(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut moved = 0u64;
+    for lane in Lane::ALL {
+        {
+            let old = txn.open_table(*EVENTS_V4.get(lane)).db()?;
+            let mut runs = txn.open_table(*RUNS.get(lane)).db()?;
+            let mut pending = run::Pending::default();
+            let mut next = None;
+            for entry in old.iter().db()? {
+                let (key, value) = entry.db()?;
+                let seq = key.value();
+                if next.is_some_and(|next| next != seq) {
+                    pending.flush(&mut runs)?;
+                }
+                pending.push(&mut runs, seq, value.value())?;
+                next = seq.checked_add(1);
+                moved += 1;
+            }
+            pending.flush(&mut runs)?;
+        }
+        txn.delete_table(*EVENTS_V4.get(lane)).db()?;
+    }
+    Ok(moved)
 }
 
 fn load_positions(db: &Database) -> Result<PerLane<LanePosition>, StoreError> {
@@ -1099,7 +1142,8 @@ impl Writer {
         txn.set_quick_repair(true);
         let mut done = Vec::with_capacity(ops.len());
         {
-            let mut events = open_events(&txn)?;
+            let mut runs = open_runs(&txn)?;
+            let mut pending = PerLane::<run::Pending>::default();
             let mut ids = txn.open_table(IDS).db()?;
             let mut stored_ids = stored_ids(&ids, &ops)?;
             let mut digests = BTreeMap::new();
@@ -1110,7 +1154,8 @@ impl Writer {
                 done.push(match op {
                     Op::Append(batch) => {
                         let mut tables = Tables {
-                            events: &mut events,
+                            runs: &mut runs,
+                            pending: &mut pending,
                             stored_ids: &stored_ids,
                             new_ids: &mut new_ids,
                             digests: &mut digests,
@@ -1120,17 +1165,17 @@ impl Writer {
                         Done::Append(self.append(&mut tables, group, batch, at)?)
                     }
                     Op::RecordAck { lane, through } => {
+                        flush(&mut pending, &mut runs)?;
                         let pos = group.positions.get_mut(lane);
                         let acked = through.min(pos.head);
                         // The bytes of the events that change sides. Moving back (a relay
                         // that lost acknowledged events) counts those still stored.
                         let (low, high) = (acked.min(pos.acked), acked.max(pos.acked));
                         let mut moved = 0u64;
-                        if high > low {
-                            for row in events.get(lane).range(low + 1..=high).db()? {
-                                moved += row.db()?.1.value().len() as u64;
-                            }
-                        }
+                        run::scan(runs.get(lane), lane, low + 1..=high, |_, bytes| {
+                            moved += bytes.len() as u64;
+                            Ok(ControlFlow::Continue(()))
+                        })?;
                         pos.backlog_bytes = if acked >= pos.acked {
                             pos.backlog_bytes.saturating_sub(moved)
                         } else {
@@ -1140,7 +1185,8 @@ impl Writer {
                         Done::None
                     }
                     Op::Prune { received_before_ms } => {
-                        let pruned = prune(&mut events, &mut ids, group.positions, received_before_ms)?;
+                        flush(&mut pending, &mut runs)?;
+                        let pruned = prune(&mut runs, &mut ids, group.positions, received_before_ms)?;
                         for event_id in &pruned {
                             stored_ids.remove(event_id.as_str());
                         }
@@ -1158,6 +1204,7 @@ impl Writer {
                     }
                 });
             }
+            flush(&mut pending, &mut runs)?;
             // In key order, after the events: see the module doc.
             for (event_id, (lane, seq)) in new_ids {
                 ids.insert(event_id.as_str(), place(lane, seq)).db()?;
@@ -1239,7 +1286,7 @@ impl Writer {
                 seq: seq.get(),
                 reason: e.to_string(),
             })?;
-            tables.events.get_mut(lane).insert(seq.get(), stored.as_slice()).db()?;
+            tables.pending.get_mut(lane).push(tables.runs.get_mut(lane), seq.get(), stored)?;
             tables.new_ids.insert(record.event.event_id, (lane, seq.get()));
             let block = tables.digests.entry((lane as u8, block_of(seq.get()))).or_default();
             block.add(&BlockDigest::of_record(lane, seq.get(), wire));
@@ -1286,7 +1333,9 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
 
 /// The tables an append writes.
 struct Tables<'a, 't> {
-    events: &'a mut PerLane<EventsTable<'t>>,
+    runs: &'a mut PerLane<RunsTable<'t>>,
+    /// The runs this transaction is gathering, inserted when full or at its end.
+    pending: &'a mut PerLane<run::Pending>,
     /// The group's ids that the index held before it ([`stored_ids`]).
     stored_ids: &'a BTreeMap<String, u64>,
     /// The ids this transaction appends, inserted into `ids` in key order at its end.
@@ -1316,10 +1365,13 @@ fn repeat_of(tables: &mut Tables<'_, '_>, event: &Event) -> Result<Option<Outcom
             None => return Ok(None),
         },
     };
-    let Some(bytes) = tables.events.get(stored_lane).get(seq).db()? else {
+    let record = match tables.pending.get(stored_lane).get(stored_lane, seq)? {
+        Some(bytes) => Some(decode_record(stored_lane, seq, bytes)?),
+        None => run::record(tables.runs.get(stored_lane), stored_lane, seq)?,
+    };
+    let Some(record) = record else {
         return Err(StoreError::Corrupt { lane: stored_lane, seq, reason: "id without event".into() });
     };
-    let record = decode_record(stored_lane, seq, bytes.value())?;
     let seq = Seq::new(seq).ok_or(StoreError::Corrupt { lane: stored_lane, seq, reason: "seq 0".into() })?;
     let placement = Placement { lane: stored_lane, seq, received_at_ms: record.received_at_ms };
     Ok(Some(if record.event == *event {
@@ -1383,15 +1435,35 @@ fn group_events(command: &Command) -> usize {
     }
 }
 
-type EventsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+type RunsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 
-fn open_events<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<EventsTable<'t>>, StoreError> {
+fn open_runs<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<RunsTable<'t>>, StoreError> {
+    open_per_lane(txn, &RUNS)
+}
+
+/// Format 4's tables, for the migrations.
+fn open_events_v4<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<RunsTable<'t>>, StoreError> {
+    open_per_lane(txn, &EVENTS_V4)
+}
+
+fn open_per_lane<'t>(
+    txn: &'t redb::WriteTransaction,
+    tables: &PerLane<TableDefinition<u64, &'static [u8]>>,
+) -> Result<PerLane<RunsTable<'t>>, StoreError> {
     let [critical, standard, bulk] = Lane::ALL;
     Ok(PerLane([
-        txn.open_table(*EVENTS.get(critical)).db()?,
-        txn.open_table(*EVENTS.get(standard)).db()?,
-        txn.open_table(*EVENTS.get(bulk)).db()?,
+        txn.open_table(*tables.get(critical)).db()?,
+        txn.open_table(*tables.get(standard)).db()?,
+        txn.open_table(*tables.get(bulk)).db()?,
     ]))
+}
+
+/// Inserts every lane's gathered run.
+fn flush(pending: &mut PerLane<run::Pending>, runs: &mut PerLane<RunsTable<'_>>) -> Result<(), StoreError> {
+    for lane in Lane::ALL {
+        pending.get_mut(lane).flush(runs.get_mut(lane))?;
+    }
+    Ok(())
 }
 type IdsTable<'t> = redb::Table<'t, &'static str, u64>;
 
@@ -1410,29 +1482,51 @@ fn placed(value: u64) -> Result<(Lane, u64), StoreError> {
     Ok((lane_of((value >> 62) as u8)?, value & SEQ_MAX))
 }
 
+/// Removes the acknowledged records received before `received_before_ms` from the start
+/// of each lane, at most [`PRUNE_EVENTS_MAX`] per lane, and their ids; a run that holds
+/// some of them is cut to the rest, under the seq of its first kept record.
 fn prune(
-    events: &mut PerLane<EventsTable<'_>>,
+    runs: &mut PerLane<RunsTable<'_>>,
     ids: &mut IdsTable<'_>,
     positions: &PerLane<LanePosition>,
     received_before_ms: u64,
 ) -> Result<Vec<EventId>, StoreError> {
     let mut removed = Vec::new();
     for (lane, pos) in positions.iter() {
-        let events = events.get_mut(lane);
-        let mut doomed = Vec::new();
-        for entry in events.range(1..=pos.acked).db()? {
-            let (key, value) = entry.db()?;
-            let record = decode_record(lane, key.value(), value.value())?;
-            if record.received_at_ms >= received_before_ms || doomed.len() >= PRUNE_EVENTS_MAX {
-                break;
+        let table = runs.get_mut(lane);
+        let (mut whole, mut cut) = (Vec::new(), None);
+        let mut taken = 0;
+        'runs: for row in table.range(..=pos.acked).db()? {
+            let (first, bytes) = row.db()?;
+            let first = first.value();
+            let mut entries = run::Entries::new(lane, first, bytes.value());
+            loop {
+                let rest = entries.rest();
+                let Some(entry) = entries.next() else { break };
+                let (seq, stored) = entry?;
+                let record = decode_record(lane, seq, stored)?;
+                if seq > pos.acked || record.received_at_ms >= received_before_ms || taken >= PRUNE_EVENTS_MAX
+                {
+                    if seq > first {
+                        cut = Some((first, seq, rest.to_vec()));
+                    }
+                    break 'runs;
+                }
+                removed.push(record.event.event_id);
+                taken += 1;
             }
-            doomed.push((key.value(), record.event.event_id));
+            whole.push(first);
         }
-        for (seq, event_id) in doomed {
-            events.remove(seq).db()?;
-            ids.remove(event_id.as_str()).db()?;
-            removed.push(event_id);
+        for first in whole {
+            table.remove(first).db()?;
         }
+        if let Some((first, kept, rest)) = cut {
+            table.remove(first).db()?;
+            table.insert(kept, rest.as_slice()).db()?;
+        }
+    }
+    for event_id in &removed {
+        ids.remove(event_id.as_str()).db()?;
     }
     Ok(removed)
 }

@@ -157,12 +157,20 @@ fn unzigzag(n: u64) -> i64 {
     ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+/// Appends `n` as a varint (LEB128).
+pub(super) fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push(n as u8 | 0x80);
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// The varint at the start of `bytes`, and the bytes after it.
+pub(super) fn take_varint(bytes: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    let mut r = Reader { bytes };
+    let n = r.varint()?;
+    Ok((n, r.bytes))
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) {

@@ -104,29 +104,36 @@ async fn a_repeat_within_one_group_is_recognised_before_its_id_is_indexed() {
     store.close();
 }
 
-/// Rewrites a closed store of this build as an older build left it: records in postcard
-/// (format 3), and in format 2 also in one `events` table keyed by `(lane, seq)`.
+/// Rewrites a closed store of this build as an older build left it: a row per record
+/// (format 4), records in postcard (format 3), and in format 2 also in one `events` table
+/// keyed by `(lane, seq)`.
 fn downgrade(path: &Path, format: u64) {
     let db = Database::create(path.join(STORE_FILE)).unwrap();
     let txn = db.begin_write().unwrap();
     {
         for lane in Lane::ALL {
             let rows: Vec<(u64, Vec<u8>)> = {
-                let table = txn.open_table(*EVENTS.get(lane)).unwrap();
-                let rows = table.iter().unwrap().map(Result::unwrap);
-                rows.map(|(k, v)| {
-                    (k.value(), postcard::to_allocvec(&codec::decode(v.value()).unwrap()).unwrap())
+                let table = txn.open_table(*RUNS.get(lane)).unwrap();
+                let runs = table.iter().unwrap().map(Result::unwrap);
+                runs.flat_map(|(first, bytes)| {
+                    let entries = run::Entries::new(lane, first.value(), bytes.value());
+                    entries.map(|e| e.map(|(seq, stored)| (seq, stored.to_vec()))).collect::<Vec<_>>()
+                })
+                .map(Result::unwrap)
+                .map(|(seq, stored)| match format {
+                    4 => (seq, stored),
+                    _ => (seq, postcard::to_allocvec(&codec::decode(&stored).unwrap()).unwrap()),
                 })
                 .collect()
             };
+            txn.delete_table(*RUNS.get(lane)).unwrap();
             if format == 2 {
                 let mut old = txn.open_table(EVENTS_V2).unwrap();
                 for (seq, bytes) in rows {
                     old.insert((lane as u8, seq), bytes.as_slice()).unwrap();
                 }
-                txn.delete_table(*EVENTS.get(lane)).unwrap();
             } else {
-                let mut table = txn.open_table(*EVENTS.get(lane)).unwrap();
+                let mut table = txn.open_table(*EVENTS_V4.get(lane)).unwrap();
                 let mut lanes = txn.open_table(LANES).unwrap();
                 let (head, acked, _) = lanes.get(lane as u8).unwrap().map_or((0, 0, 0), |v| v.value());
                 let backlog: usize = rows.iter().filter(|(seq, _)| *seq > acked).map(|(_, b)| b.len()).sum();
@@ -136,25 +143,27 @@ fn downgrade(path: &Path, format: u64) {
                 lanes.insert(lane as u8, (head, acked, backlog as u64)).unwrap();
             }
         }
-        let ids: Vec<(String, u64)> = {
-            let table = txn.open_table(IDS).unwrap();
-            let rows = table.iter().unwrap().map(Result::unwrap);
-            rows.map(|(k, v)| (k.value().to_owned(), v.value())).collect()
-        };
-        let mut old = txn.open_table(IDS_V3).unwrap();
-        for (id, value) in ids {
-            let (lane, seq) = placed(value).unwrap();
-            old.insert(id.as_str(), (lane as u8, seq)).unwrap();
+        if format < 4 {
+            let ids: Vec<(String, u64)> = {
+                let table = txn.open_table(IDS).unwrap();
+                let rows = table.iter().unwrap().map(Result::unwrap);
+                rows.map(|(k, v)| (k.value().to_owned(), v.value())).collect()
+            };
+            let mut old = txn.open_table(IDS_V3).unwrap();
+            for (id, value) in ids {
+                let (lane, seq) = placed(value).unwrap();
+                old.insert(id.as_str(), (lane as u8, seq)).unwrap();
+            }
+            txn.delete_table(IDS).unwrap();
         }
-        txn.delete_table(IDS).unwrap();
         txn.open_table(META).unwrap().insert("format_version", format).unwrap();
     }
     txn.commit().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
-    for format in [2, 3] {
+async fn stores_of_formats_2_3_and_4_are_migrated_on_open_with_nothing_lost() {
+    for format in [2, 3, 4] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), node(), || 7).unwrap();
         let mut transfer = event("t", Kind::Transfer, 2);
@@ -165,7 +174,8 @@ async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
         store.append(events.clone()).await.unwrap();
         store.record_ack(Lane::Critical, 1).await.unwrap();
         store.append(vec![event("e", Kind::Pick, 1)]).await.unwrap();
-        // More scans than one chunk of the migration, so it takes several.
+        // More scans than one chunk of the migration, so it takes several, and than one
+        // run holds.
         let scans = (0..MIGRATION_CHUNK + 3).map(|n| event(&format!("s{n}"), Kind::Scan, 0)).collect();
         store.append(scans).await.unwrap();
         let (positions, records) = (*store.positions().borrow(), all_records(&store));
@@ -185,6 +195,9 @@ async fn stores_of_formats_2_and_3_are_migrated_on_open_with_nothing_lost() {
         assert_eq!(version, FORMAT_VERSION);
         assert!(txn.open_table(EVENTS_V2).is_err(), "format 2's table is gone");
         assert!(txn.open_table(IDS_V3).is_err(), "format 3's id index is gone");
+        for lane in Lane::ALL {
+            assert!(txn.open_table(*EVENTS_V4.get(lane)).is_err(), "format 4's {lane} table is gone");
+        }
     }
 }
 
@@ -484,4 +497,99 @@ async fn acknowledged_events_make_room_under_pressure_and_unacknowledged_ones_st
     let kept = store.read_range(Lane::Bulk, Seq::new(head).unwrap(), 1).unwrap();
     assert_eq!(kept.len(), 1, "the unacknowledged event stays");
     store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_longer_than_a_run_reads_back_from_every_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 3).unwrap();
+    let total = 1_100;
+    let scans: Vec<_> = (0..total).map(|n| event(&format!("s{n:05}"), Kind::Scan, 0)).collect();
+    store.append(scans).await.unwrap();
+    store.close();
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    let all = store.read_range(Lane::Bulk, Seq::FIRST, u32::MAX).unwrap();
+    let ids: Vec<String> = all.iter().map(|r| r.event.event_id.to_string()).collect();
+    assert_eq!(ids, (0..total).map(|n| format!("s{n:05}")).collect::<Vec<_>>());
+    for first in 1..=total as u64 + 1 {
+        for count in [1, 2, 600] {
+            let got = store.read_range(Lane::Bulk, Seq::new(first).unwrap(), count).unwrap();
+            let from = (first - 1) as usize;
+            let want = &all[from.min(total)..(from + count as usize).min(total)];
+            assert_eq!(got, want, "from {first}, {count} records");
+        }
+    }
+    for (n, stored) in all.iter().enumerate() {
+        let (placed, record) = store.get(&format!("s{n:05}").parse().unwrap()).unwrap().unwrap();
+        assert_eq!((placed.seq.get(), &record), (n as u64 + 1, stored));
+    }
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_cuts_a_run_and_keeps_the_rest_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 1).unwrap();
+    let batch = (0..5).map(|i| event(&format!("p{i}"), Kind::Pick, 1)).collect();
+    store.append(batch).await.unwrap();
+    store.record_ack(Lane::Standard, 3).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
+    store.append(vec![event("p5", Kind::Pick, 1)]).await.unwrap();
+    store.close();
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    let ids =
+        |records: Vec<Record>| records.into_iter().map(|r| r.event.event_id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap()), ["p3", "p4", "p5"]);
+    assert_eq!(ids(store.read_range(Lane::Standard, Seq::new(5).unwrap(), 10).unwrap()), ["p4", "p5"]);
+    let again = store.append(vec![event("p3", Kind::Pick, 1), event("p4", Kind::Pick, 1)]).await.unwrap();
+    assert_eq!(again.iter().map(seq_of).collect::<Vec<_>>(), [(Lane::Standard, 4), (Lane::Standard, 5)]);
+    assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
+    assert!(store.oldest_unacked_ms(Lane::Standard).unwrap().is_some(), "p5 is not acknowledged");
+    store.record_ack(Lane::Standard, 6).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
+    assert!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().is_empty());
+    store.close();
+}
+
+#[test]
+fn format_4_rows_become_runs_that_end_at_gaps_and_at_the_longest_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::create(dir.path().join("v4.redb")).unwrap();
+    // A pruned start, then many runs' worth, a gap, a few more, and one record longer
+    // than a run.
+    let seqs: Vec<u64> = (3..=1_100).chain(1_200..=1_207).collect();
+    let bytes = |seq: u64| match seq {
+        1_206 => vec![6; run::RUN_BYTES_MAX + 100],
+        _ => seq.to_le_bytes()[..1 + (seq % 7) as usize].to_vec(),
+    };
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(*EVENTS_V4.get(Lane::Bulk)).unwrap();
+        for &seq in &seqs {
+            table.insert(seq, bytes(seq).as_slice()).unwrap();
+        }
+    }
+    assert_eq!(migrate_runs_from_v4(&txn).unwrap(), seqs.len() as u64);
+    let table = txn.open_table(*RUNS.get(Lane::Bulk)).unwrap();
+    let rows: Vec<(u64, usize)> =
+        table.iter().unwrap().map(Result::unwrap).map(|(k, v)| (k.value(), v.value().len())).collect();
+    let firsts: Vec<u64> = rows.iter().map(|(first, _)| *first).collect();
+    assert_eq!(firsts.first(), Some(&3));
+    assert!(firsts.contains(&1_200), "a run ends at the gap: {firsts:?}");
+    assert!(firsts.ends_with(&[1_206, 1_207]), "the long record is a run of its own: {firsts:?}");
+    for &(first, len) in &rows {
+        assert!(len <= run::RUN_BYTES_MAX || first == 1_206, "run at {first}: {len} bytes");
+    }
+    assert!(rows.len() < seqs.len() / 100, "{} runs", rows.len());
+    let mut read = Vec::new();
+    run::scan(&table, Lane::Bulk, 1..=u64::MAX, |seq, stored| {
+        read.push((seq, stored.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    assert_eq!(read, seqs.iter().map(|&seq| (seq, bytes(seq))).collect::<Vec<_>>());
+    drop(table);
+    txn.commit().unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(txn.open_table(*EVENTS_V4.get(Lane::Bulk)).is_err(), "the old table is gone");
 }
