@@ -12,10 +12,11 @@
 //! | `digests` | `(&str node_id, u64 epoch, u8 lane, u64 block)` | [`BlockDigest`] bytes, then the first and last log offset of the block's entries | append |
 //!
 //! The consumer log is kept in runs: the entries one append adds (a batch, less what the
-//! relay held already) are one row under the offset of the first, each entry's offset
-//! following from its place in the run. A row per entry cost the writer a tree insert
-//! per event, over a third of its time in `outpost-sim bench drain`; a run is one insert.
-//! Readers find the run holding an offset as the last row at or before it (`scan_log`).
+//! relay held already) are rows of up to [`RUN_BYTES_MAX`] under the offset of their
+//! first, each entry's offset following from its place in the run. A row per entry cost
+//! the writer a tree insert per event, over a third of its time in `outpost-sim bench
+//! drain`; a run is one insert. Readers find the run holding an offset as the last row
+//! at or before it (`scan_log`).
 //!
 //! The events' inventory deltas are applied to their actor's counters in the same
 //! transaction that appends them to the log: behind the watermark, so exactly once.
@@ -80,8 +81,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log.runs");
 /// Format 2's log, an entry per row: read once to migrate a store.
 const LOG_V2: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// Most entries in one run of a migrated log; an append's run holds one batch.
-const MIGRATED_RUN_MAX: u64 = 512;
+/// Most bytes in one run of the log; an entry longer than this is a run of its own.
+/// redb keeps a table's rows in 4 KiB leaves, and a value longer than a leaf gets a page
+/// of its own, rounded up to a power of two: runs of a whole batch (up to 77 KB) left
+/// a quarter of the file empty, and the relay's store measured 113-119 bytes per event
+/// after `outpost-sim bench drain` against 86 with runs of at most 1,000 bytes (about 11
+/// entries, four to a leaf) and 89 with 4,000. The node keeps its records in runs of the
+/// same size for the same reason.
+pub const RUN_BYTES_MAX: usize = 1_000;
 const WATERMARKS: TableDefinition<(&str, u64, u8), u64> = TableDefinition::new("watermarks");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const STOCK: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("stock");
@@ -204,10 +211,10 @@ impl Entries {
         &self.spans[i].1
     }
 
-    /// The entries from the `i`th record's on: the run they make in the log.
-    fn from(&self, i: usize) -> &[u8] {
+    /// The entries from the `i`th record's on, and where each of them ends in those bytes.
+    fn from(&self, i: usize) -> (&[u8], impl Iterator<Item = usize> + '_) {
         let start = i.checked_sub(1).map_or(0, |before| self.spans[before].0);
-        &self.bytes[start..]
+        (&self.bytes[start..], self.spans[i..].iter().map(move |(end, _)| end - start))
     }
 }
 
@@ -588,7 +595,7 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
 }
 
 /// Rewrites format 2's log (an entry per row) into runs of consecutive offsets, at most
-/// [`MIGRATED_RUN_MAX`] entries each, and drops it. Returns the runs written.
+/// [`RUN_BYTES_MAX`] each, and drops it. Returns the runs written.
 fn migrate_log_from_v2(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
     let mut runs = 0;
     {
@@ -600,7 +607,9 @@ fn migrate_log_from_v2(txn: &redb::WriteTransaction) -> Result<u64, StoreError> 
             let (offset, bytes) = row.map_err(db)?;
             let offset = offset.value();
             match &mut run {
-                Some((first, len, buf)) if *first + *len == offset && *len < MIGRATED_RUN_MAX => {
+                Some((first, len, buf))
+                    if *first + *len == offset && buf.len() + bytes.value().len() <= RUN_BYTES_MAX =>
+                {
                     buf.extend_from_slice(bytes.value());
                     *len += 1;
                 }
@@ -634,6 +643,29 @@ fn next_offset_of(log: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, S
         next = entry?.0 + 1;
     }
     Ok(next)
+}
+
+/// Inserts consecutive log entries from offset `first` on as runs of at most
+/// [`RUN_BYTES_MAX`]: `bytes` holds them one after another, and `ends` gives where each
+/// of them ends in it.
+fn insert_runs(
+    log: &mut redb::Table<'_, u64, &'static [u8]>,
+    first: u64,
+    bytes: &[u8],
+    ends: impl IntoIterator<Item = usize>,
+) -> Result<(), StoreError> {
+    let (mut run_first, mut run_start, mut end_before) = (first, 0, 0);
+    for (offset, end) in (first..).zip(ends) {
+        if end - run_start > RUN_BYTES_MAX && end_before > run_start {
+            log.insert(run_first, &bytes[run_start..end_before]).map_err(db)?;
+            (run_first, run_start) = (offset, end_before);
+        }
+        end_before = end;
+    }
+    if end_before > run_start {
+        log.insert(run_first, &bytes[run_start..end_before]).map_err(db)?;
+    }
+    Ok(())
 }
 
 /// The entries of a run stored under offset `first`, each with its offset and its bytes.
@@ -888,9 +920,9 @@ impl Writer {
                     held.insert(seq, encoded);
                 }
             }
-            // The entries inserted, as one run from the next offset.
+            // The entries inserted, as runs from the next offset.
             let run_offset = *next;
-            let mut run = Vec::new();
+            let (mut run, mut ends) = (Vec::new(), Vec::new());
             for (seq, record) in (first..=last).zip(&r.records) {
                 if seq > watermark {
                     outcome.beyond_watermark += 1;
@@ -917,14 +949,13 @@ impl Writer {
                         let (bytes, _) =
                             entry.encode().map_err(|e| StoreError::CommitFailed(e.to_string()))?;
                         run.extend_from_slice(&bytes);
+                        ends.push(run.len());
                         *next += 1;
                         outcome.inserted += 1;
                     }
                 }
             }
-            if !run.is_empty() {
-                log.insert(run_offset, run.as_slice()).map_err(db)?;
-            }
+            insert_runs(&mut log, run_offset, &run, ends)?;
             if outcome.inserted > 0 {
                 for (block, stored) in blocks {
                     digests
@@ -1018,7 +1049,8 @@ impl Writer {
                     seq += 1;
                 }
                 if let Some((offset, i)) = run {
-                    log.insert(offset, entries.from(i)).map_err(db)?;
+                    let (bytes, ends) = entries.from(i);
+                    insert_runs(&mut log, offset, bytes, ends)?;
                 }
                 if seq - 1 > watermark {
                     marks.insert(key, seq - 1).map_err(db)?;

@@ -176,6 +176,35 @@ async fn every_offset_reads_from_the_middle_of_its_run() {
     assert_eq!(*store.next_offset().borrow(), 15, "the next offset follows the last run's length");
 }
 
+/// Each row of the log: its first offset and its length in bytes.
+fn run_rows(log: &impl ReadableTable<u64, &'static [u8]>) -> Vec<(u64, usize)> {
+    log.iter()
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|(first, bytes)| (first.value(), bytes.value().len()))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_append_longer_than_a_run_is_split_into_runs_read_from_every_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 1, Lane::Bulk, 1, 100).await.unwrap();
+    append(&store, "n1", 1, Lane::Bulk, 101, 1).await.unwrap();
+    let all = expected_log(&[("n1", 1, Lane::Bulk, 1, 101)]);
+    let rows = run_rows(&store.db.begin_read().unwrap().open_table(LOG).unwrap());
+    assert!(rows.len() > 2, "{rows:?}");
+    assert!(rows.iter().all(|(_, len)| *len <= RUN_BYTES_MAX), "{rows:?}");
+    assert_eq!(rows.last().unwrap().0, 100, "the second append is a run of its own");
+    for from in 0..=101 {
+        let expected: Vec<_> = all.iter().skip(from).take(7).cloned().collect();
+        assert_eq!(store.read_log(from as u64, 7).unwrap(), expected, "from {from}");
+    }
+    store.close().await;
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.next_offset().borrow(), 101);
+}
+
 #[tokio::test]
 async fn a_log_of_format_2_is_migrated_into_runs_with_every_entry_at_its_offset() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,8 +229,10 @@ async fn a_log_of_format_2_is_migrated_into_runs_with_every_entry_at_its_offset(
     assert_eq!(store.read_log(699, 2).unwrap(), kept[699..701].to_vec(), "past the gap");
     let txn = store.db.begin_read().unwrap();
     assert!(txn.open_table(LOG_V2).is_err(), "the old table is gone");
-    let runs = redb::ReadableTableMetadata::len(&txn.open_table(LOG).unwrap()).unwrap();
-    assert_eq!(runs, 3, "0..=511, 512..=699 and 701..=1202");
+    let rows = run_rows(&txn.open_table(LOG).unwrap());
+    assert!(rows.iter().any(|(first, _)| *first == 701), "a run starts after the gap: {rows:?}");
+    assert!(rows.iter().all(|(_, len)| *len <= RUN_BYTES_MAX), "{rows:?}");
+    assert!(rows.len() < kept.len() / 5, "{} runs", rows.len());
     drop(txn);
     // Appends go on after the migrated log.
     append(&store, "n3", 1, Lane::Bulk, 1, 1).await.unwrap();
@@ -358,7 +389,7 @@ fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
         };
         let (bytes, record_at) = entry.encode().unwrap();
         // The run from record i on starts with its entry, at the run's offset.
-        let (offset, decoded, raw) = Run::new(100, entries.from(i)).next().unwrap().unwrap();
+        let (offset, decoded, raw) = Run::new(100, entries.from(i).0).next().unwrap().unwrap();
         assert_eq!((offset, &decoded, raw), (100, &entry, bytes.as_slice()), "entry {i}");
         assert_eq!(
             *entries.digest(i),
@@ -366,6 +397,6 @@ fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
             "digest {i}"
         );
     }
-    let offsets: Vec<u64> = Run::new(100, entries.from(1)).map(|e| e.unwrap().0).collect();
+    let offsets: Vec<u64> = Run::new(100, entries.from(1).0).map(|e| e.unwrap().0).collect();
     assert_eq!(offsets, [100, 101]);
 }
