@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::limits;
 use super::load::{self, Judge, LoadReport, Mix, NoopServer, Plan, Workload};
-use super::site::{self, verify};
+use super::site::{self, CpuTime, verify};
 use super::{Goal, Options, Row};
 
 /// PERFORMANCE.md: events per second with batches of 100.
@@ -26,6 +26,48 @@ const BATCH_P99_MS: f64 = 20.0;
 const SINGLE_TARGET: f64 = 50_000.0;
 /// PERFORMANCE.md: ack p99 of single posts, in ms.
 const SINGLE_P99_MS: f64 = 10.0;
+
+/// The node's thread that commits (`node::store`).
+const WRITER_THREAD: &str = "store-writer";
+
+/// What a run cost in CPU time per event, and what the target would need at that cost.
+struct CpuShare {
+    node_us: f64,
+    writer_us: f64,
+    generator_us: f64,
+    target: f64,
+}
+
+impl CpuShare {
+    /// The CPU time node `pid` and this process (the generator) used since `before`.
+    fn measure(pid: &str, before: (CpuTime, CpuTime), events: u64, target: f64) -> anyhow::Result<CpuShare> {
+        let node = CpuTime::of(pid, WRITER_THREAD)?.since(before.0);
+        let generator = CpuTime::of("self", "")?.since(before.1);
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events.max(1) as f64;
+        Ok(CpuShare {
+            node_us: per_event(node.process),
+            writer_us: per_event(node.threads),
+            generator_us: per_event(generator.process),
+            target,
+        })
+    }
+}
+
+impl std::fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let needed = (self.node_us + self.generator_us) * self.target / 1e6;
+        write!(
+            f,
+            "CPU per event: node {:.1} µs (writer thread {:.1}), generator {:.1} µs, so {:.0}k events/s \
+             need {needed:.1} cores at this cost ({cores} here)",
+            self.node_us,
+            self.writer_us,
+            self.generator_us,
+            self.target / 1e3,
+        )
+    }
+}
 
 /// How one of the two benches runs.
 struct Shape {
@@ -67,7 +109,10 @@ async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
     let workload = Workload { prefix: format!("{}-", shape.bench), mix: Mix::Site, per_post: shape.per_post };
     let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
     let addr = cluster.nodes[0].http_addr();
+    let pid = cluster.nodes[0].pid().ok_or_else(|| anyhow::anyhow!("the node is not running"))?.to_string();
+    let before = (CpuTime::of(&pid, WRITER_THREAD)?, CpuTime::of("self", "")?);
     let report = load::run(addr, &workload, plan, Judge::Created, shape.bench).await?;
+    let cpu = CpuShare::measure(&pid, before, report.events, shape.target)?;
 
     let (limit, limit_case) = limit(options, shape, &cluster).await?;
     cluster.relay.start().await?;
@@ -81,7 +126,7 @@ async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
     Ok(Row::new(shape.bench, Goal::AtLeast, "ev/s")
         .case(format!(
             "{} clients x {} per post, {} events in {:.1} s; ack p50 {:.2} ms, p99 {:.2} ms (target < {} ms); \
-             limit: {limit_case}",
+             {cpu}; limit: {limit_case}",
             shape.clients,
             shape.per_post,
             report.events,

@@ -130,6 +130,58 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time used so far by a process, and by its threads of one name, from `/proc`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    /// Every thread of the process, exited ones included.
+    pub process: Duration,
+    /// The live threads named as asked.
+    pub threads: Duration,
+}
+
+impl CpuTime {
+    /// What `pid` (`"self"` for this process) and its threads named `thread` have used.
+    pub fn of(pid: &str, thread: &str) -> anyhow::Result<CpuTime> {
+        let process = cpu_of(&format!("/proc/{pid}/stat"))?;
+        let mut threads = Duration::ZERO;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("listing /proc tasks")? {
+            let task = task?.path();
+            // A thread that ended since the listing is simply not counted.
+            if std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end() == thread) {
+                threads += cpu_of(&task.join("stat").to_string_lossy()).unwrap_or_default();
+            }
+        }
+        Ok(CpuTime { process, threads })
+    }
+
+    /// The time used between `earlier` and this.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            process: self.process.saturating_sub(earlier.process),
+            threads: self.threads.saturating_sub(earlier.threads),
+        }
+    }
+}
+
+/// User and system time from a `/proc` `stat` file.
+fn cpu_of(path: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields.get(i).and_then(|f| f.parse::<u64>().ok()).with_context(|| format!("field {i} of {path}"))
+    };
+    // utime and stime, fields 14 and 15 of stat(5), in clock ticks.
+    let ticks = ticks(11)? + ticks(12)?;
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .unwrap_or(100);
+    Ok(Duration::from_secs_f64(ticks as f64 / per_sec as f64))
+}
+
 /// A runtime for one bench: two workers, as many as the machine the targets are for.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
