@@ -670,13 +670,14 @@ fn insert_runs(
 
 /// The entries of a run stored under offset `first`, each with its offset and its bytes.
 struct Run<'a> {
-    offset: u64,
+    /// The next entry's offset; `None` past `u64::MAX`, where no entry can be.
+    offset: Option<u64>,
     rest: &'a [u8],
 }
 
 impl<'a> Run<'a> {
     fn new(first: u64, bytes: &'a [u8]) -> Self {
-        Run { offset: first, rest: bytes }
+        Run { offset: Some(first), rest: bytes }
     }
 }
 
@@ -687,12 +688,18 @@ impl<'a> Iterator for Run<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let offset = self.offset;
+        let Some(offset) = self.offset else {
+            self.rest = &[];
+            return Some(Err(StoreError::Corrupt {
+                what: "log run".into(),
+                reason: "entries past the last offset".into(),
+            }));
+        };
         match postcard::take_from_bytes::<LogEntry>(self.rest) {
             Ok((entry, rest)) => {
                 let raw = &self.rest[..self.rest.len() - rest.len()];
                 self.rest = rest;
-                self.offset += 1;
+                self.offset = offset.checked_add(1);
                 Some(Ok((offset, entry, raw)))
             }
             Err(e) => {
@@ -1019,7 +1026,8 @@ impl Writer {
                     continue;
                 }
                 let mut seq = first_seq.get();
-                // The records below the watermark are a prefix; the rest is one run.
+                // The records below the watermark are a prefix; the rest is one run, in rows
+                // of at most `RUN_BYTES_MAX`.
                 let mut run = None;
                 let actor = Actor { node_id: node.node_id.clone(), epoch };
                 // This append's share of the block digests, merged into the group's below.

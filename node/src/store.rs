@@ -17,9 +17,9 @@
 //! grow over time (a counter, a time-ordered UUID) then append as well. Together they
 //! took the store from 148 to 106 bytes per buffered event (`outpost-sim bench disk`);
 //! records in their compact stored form and lane and seq in one `u64` in the id index
-//! (format 4, [`codec`]) took it to 94–98. Runs of records, one row per group and lane
+//! (format 4, [`codec`]) took it to 94–98. Runs of records, rows of up to 1,000 bytes
 //! instead of one per record (format 5), save redb an insert per event and the key and
-//! offsets it stored with each.
+//! offset it stored with each: 85–87.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters,
 //! moved in the transaction that stores the events (so after any crash they equal the
@@ -96,7 +96,7 @@ const DIGESTS: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("digests
 /// 3: a table of events per lane.
 /// 4: records in a compact stored form ([`codec`]) instead of postcard's, and the id
 ///    index's lane and seq in one `u64`.
-/// 5: each lane's records in runs, a row per group commit instead of one per record.
+/// 5: each lane's records in runs of up to 1,000 bytes instead of a row per record.
 ///
 /// A store of format 2, 3 or 4 is migrated on open.
 pub const FORMAT_VERSION: u64 = 5;
@@ -1165,14 +1165,14 @@ impl Writer {
                         Done::Append(self.append(&mut tables, group, batch, at)?)
                     }
                     Op::RecordAck { lane, through } => {
-                        flush(&mut pending, &mut runs)?;
                         let pos = group.positions.get_mut(lane);
                         let acked = through.min(pos.head);
                         // The bytes of the events that change sides. Moving back (a relay
                         // that lost acknowledged events) counts those still stored.
                         let (low, high) = (acked.min(pos.acked), acked.max(pos.acked));
+                        pending.get_mut(lane).flush_through(runs.get_mut(lane), high)?;
                         let mut moved = 0u64;
-                        run::scan(runs.get(lane), lane, low + 1..=high, |_, bytes| {
+                        run::scan(runs.get(lane), lane, low.saturating_add(1)..=high, |_, bytes| {
                             moved += bytes.len() as u64;
                             Ok(ControlFlow::Continue(()))
                         })?;
@@ -1185,7 +1185,9 @@ impl Writer {
                         Done::None
                     }
                     Op::Prune { received_before_ms } => {
-                        flush(&mut pending, &mut runs)?;
+                        for (lane, pos) in group.positions.iter() {
+                            pending.get_mut(lane).flush_through(runs.get_mut(lane), pos.acked)?;
+                        }
                         let pruned = prune(&mut runs, &mut ids, group.positions, received_before_ms)?;
                         for event_id in &pruned {
                             stored_ids.remove(event_id.as_str());
@@ -1504,14 +1506,18 @@ fn prune(
                 let rest = entries.rest();
                 let Some(entry) = entries.next() else { break };
                 let (seq, stored) = entry?;
-                let record = decode_record(lane, seq, stored)?;
-                if seq > pos.acked || record.received_at_ms >= received_before_ms || taken >= PRUNE_EVENTS_MAX
-                {
+                // Only what may go is decoded: nothing past the acknowledged.
+                let record = if seq <= pos.acked && taken < PRUNE_EVENTS_MAX {
+                    Some(decode_record(lane, seq, stored)?)
+                } else {
+                    None
+                };
+                let Some(record) = record.filter(|r| r.received_at_ms < received_before_ms) else {
                     if seq > first {
                         cut = Some((first, seq, rest.to_vec()));
                     }
                     break 'runs;
-                }
+                };
                 removed.push(record.event.event_id);
                 taken += 1;
             }

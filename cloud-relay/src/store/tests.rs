@@ -400,3 +400,29 @@ fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
     let offsets: Vec<u64> = Run::new(100, entries.from(1).0).map(|e| e.unwrap().0).collect();
     assert_eq!(offsets, [100, 101]);
 }
+
+#[test]
+fn insert_runs_cuts_before_the_entry_that_would_overflow_and_keeps_a_long_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::create(dir.path().join("runs.redb")).unwrap();
+    let cases: [&[usize]; 4] = [&[], &[1_500], &[400, 1_500, 400], &[300, 300, 300, 300, 50]];
+    for (case, sizes) in cases.into_iter().enumerate() {
+        let bytes: Vec<u8> =
+            sizes.iter().enumerate().flat_map(|(i, n)| std::iter::repeat_n(i as u8, *n)).collect();
+        let ends: Vec<usize> = sizes.iter().scan(0, |end, n| Some(*end + n).inspect(|e| *end = *e)).collect();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            insert_runs(&mut log, 10, &bytes, ends).unwrap();
+        }
+        let rows = run_rows(&txn.open_table(LOG).unwrap());
+        let expected: &[(u64, usize)] = match case {
+            0 => &[],
+            1 => &[(10, 1_500)],
+            2 => &[(10, 400), (11, 1_500), (12, 400)],
+            _ => &[(10, 900), (13, 350)],
+        };
+        assert_eq!(rows, expected, "sizes {sizes:?}");
+        txn.abort().unwrap();
+    }
+}

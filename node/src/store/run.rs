@@ -74,6 +74,16 @@ impl Pending {
         Ok(())
     }
 
+    /// Inserts the run if it holds `seq` or anything before it, so that reads of the
+    /// table through `seq` see them.
+    pub(super) fn flush_through(
+        &mut self,
+        table: &mut redb::Table<'_, u64, &'static [u8]>,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        if self.count > 0 && self.first <= seq { self.flush(table) } else { Ok(()) }
+    }
+
     /// The stored form of the record at `seq`, if this run holds it.
     pub(super) fn get(&self, lane: Lane, seq: u64) -> Result<Option<&[u8]>, StoreError> {
         if self.count == 0 || seq < self.first {
@@ -92,13 +102,14 @@ impl Pending {
 /// The records of the run stored under `first`, each with its seq.
 pub(super) struct Entries<'a> {
     lane: Lane,
-    seq: u64,
+    /// The next record's seq; `None` past `u64::MAX`, where no record can be.
+    seq: Option<u64>,
     rest: &'a [u8],
 }
 
 impl<'a> Entries<'a> {
     pub(super) fn new(lane: Lane, first: u64, bytes: &'a [u8]) -> Self {
-        Entries { lane, seq: first, rest: bytes }
+        Entries { lane, seq: Some(first), rest: bytes }
     }
 
     /// The run from the next record on.
@@ -114,7 +125,11 @@ impl<'a> Iterator for Entries<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let seq = self.seq;
+        let Some(seq) = self.seq else {
+            self.rest = &[];
+            let reason = "run: records past the last seq".into();
+            return Some(Err(StoreError::Corrupt { lane: self.lane, seq: u64::MAX, reason }));
+        };
         let split = take_varint(self.rest).ok().and_then(|(len, after)| {
             let len = usize::try_from(len).ok().filter(|len| *len <= after.len())?;
             Some(after.split_at(len))
@@ -122,7 +137,7 @@ impl<'a> Iterator for Entries<'a> {
         match split {
             Some((record, rest)) => {
                 self.rest = rest;
-                self.seq += 1;
+                self.seq = seq.checked_add(1);
                 Some(Ok((seq, record)))
             }
             None => {

@@ -545,8 +545,11 @@ async fn pruning_cuts_a_run_and_keeps_the_rest_where_it_was() {
     assert_eq!(again.iter().map(seq_of).collect::<Vec<_>>(), [(Lane::Standard, 4), (Lane::Standard, 5)]);
     assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
     assert!(store.oldest_unacked_ms(Lane::Standard).unwrap().is_some(), "p5 is not acknowledged");
-    store.record_ack(Lane::Standard, 6).await.unwrap();
-    assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
+    // The pruned ids went with their records: p0 is new again.
+    let again = store.append(vec![event("p0", Kind::Pick, 1)]).await.unwrap();
+    assert!(matches!(again[0], Outcome::Created(p) if p.seq.get() == 7), "{again:?}");
+    store.record_ack(Lane::Standard, 7).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 4);
     assert!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().is_empty());
     store.close();
 }
@@ -592,4 +595,50 @@ fn format_4_rows_become_runs_that_end_at_gaps_and_at_the_longest_run() {
     txn.commit().unwrap();
     let txn = db.begin_read().unwrap();
     assert!(txn.open_table(*EVENTS_V4.get(Lane::Bulk)).is_err(), "the old table is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_found_anywhere_in_the_runs_its_group_is_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 2).unwrap();
+    // 100 scans take several runs: the first is written before the group ends.
+    let mut batch: Vec<_> = (0..100).map(|n| event(&format!("s{n:03}"), Kind::Scan, 0)).collect();
+    batch.extend([event("s002", Kind::Scan, 0), event("s000", Kind::Scan, 0), event("s099", Kind::Scan, 0)]);
+    let out = store.append(batch).await.unwrap();
+    let repeats: Vec<_> = out[100..].iter().map(seq_of).collect();
+    assert_eq!(repeats, [(Lane::Bulk, 3), (Lane::Bulk, 1), (Lane::Bulk, 100)]);
+    assert!(out[100..].iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{out:?}");
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_prune_takes_at_most_its_limit_and_the_next_goes_on_from_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 4).unwrap();
+    let total = PRUNE_EVENTS_MAX + 100;
+    store.append((0..total).map(|n| event(&format!("s{n:05}"), Kind::Scan, 0)).collect()).await.unwrap();
+    store.record_ack(Lane::Bulk, total as u64).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), PRUNE_EVENTS_MAX as u64);
+    let rest = store.read_range(Lane::Bulk, Seq::FIRST, u32::MAX).unwrap();
+    let first = rest.first().map(|r| r.event.event_id.to_string());
+    assert_eq!((rest.len(), first.as_deref()), (100, Some("s10000")));
+    assert!(store.get(&"s09999".parse().unwrap()).unwrap().is_none());
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 100);
+    assert!(store.read_range(Lane::Bulk, Seq::FIRST, u32::MAX).unwrap().is_empty());
+    store.close();
+}
+
+#[test]
+fn a_damaged_run_is_an_error_not_a_panic() {
+    let mut bytes = Vec::new();
+    for record in [b"ab".as_slice(), b"c"] {
+        codec::put_varint(&mut bytes, record.len() as u64);
+        bytes.extend_from_slice(record);
+    }
+    let at_the_end: Vec<_> = run::Entries::new(Lane::Bulk, u64::MAX, &bytes).collect();
+    assert!(matches!(at_the_end[0], Ok((u64::MAX, b"ab"))), "{at_the_end:?}");
+    assert!(matches!(at_the_end[1], Err(StoreError::Corrupt { .. })), "{at_the_end:?}");
+    // A length that runs past the row.
+    let cut: Vec<_> = run::Entries::new(Lane::Bulk, 1, &bytes[..bytes.len() - 1]).collect();
+    assert!(matches!(cut[..], [Ok((1, b"ab")), Err(StoreError::Corrupt { .. })]), "{cut:?}");
 }

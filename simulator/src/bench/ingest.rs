@@ -30,7 +30,8 @@ const SINGLE_P99_MS: f64 = 10.0;
 /// The node's thread that commits (`node::store`).
 const WRITER_THREAD: &str = "store-writer";
 
-/// What a run cost in CPU time per event, and what the target would need at that cost.
+/// What a run cost in CPU time per event, and how many cores node and generator
+/// together would need for the target at that cost (they share this machine's).
 struct CpuShare {
     node_us: f64,
     writer_us: f64,
@@ -41,8 +42,8 @@ struct CpuShare {
 impl CpuShare {
     /// The CPU time node `pid` and this process (the generator) used since `before`.
     fn measure(pid: &str, before: (CpuTime, CpuTime), events: u64, target: f64) -> anyhow::Result<CpuShare> {
-        let node = CpuTime::of(pid, WRITER_THREAD)?.since(before.0);
-        let generator = CpuTime::of("self", "")?.since(before.1);
+        let node = CpuTime::of(pid, Some(WRITER_THREAD))?.since(before.0);
+        let generator = CpuTime::of("self", None)?.since(before.1);
         let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events.max(1) as f64;
         Ok(CpuShare {
             node_us: per_event(node.process),
@@ -60,7 +61,7 @@ impl std::fmt::Display for CpuShare {
         write!(
             f,
             "CPU per event: node {:.1} µs (writer thread {:.1}), generator {:.1} µs, so {:.0}k events/s \
-             need {needed:.1} cores at this cost ({cores} here)",
+             need {needed:.1} cores for node and generator together at this cost ({cores} here)",
             self.node_us,
             self.writer_us,
             self.generator_us,
@@ -110,7 +111,7 @@ async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
     let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
     let addr = cluster.nodes[0].http_addr();
     let pid = cluster.nodes[0].pid().ok_or_else(|| anyhow::anyhow!("the node is not running"))?.to_string();
-    let before = (CpuTime::of(&pid, WRITER_THREAD)?, CpuTime::of("self", "")?);
+    let before = (CpuTime::of(&pid, Some(WRITER_THREAD))?, CpuTime::of("self", None)?);
     let report = load::run(addr, &workload, plan, Judge::Created, shape.bench).await?;
     let cpu = CpuShare::measure(&pid, before, report.events, shape.target)?;
 

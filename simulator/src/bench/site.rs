@@ -140,17 +140,21 @@ pub struct CpuTime {
 }
 
 impl CpuTime {
-    /// What `pid` (`"self"` for this process) and its threads named `thread` have used.
-    pub fn of(pid: &str, thread: &str) -> anyhow::Result<CpuTime> {
+    /// What `pid` (`"self"` for this process) has used, and its threads named `thread`;
+    /// an error if it has no such thread.
+    pub fn of(pid: &str, thread: Option<&str>) -> anyhow::Result<CpuTime> {
         let process = cpu_of(&format!("/proc/{pid}/stat"))?;
-        let mut threads = Duration::ZERO;
+        let Some(thread) = thread else { return Ok(CpuTime { process, threads: Duration::ZERO }) };
+        let mut threads = None;
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("listing /proc tasks")? {
             let task = task?.path();
             // A thread that ended since the listing is simply not counted.
             if std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end() == thread) {
-                threads += cpu_of(&task.join("stat").to_string_lossy()).unwrap_or_default();
+                let used = cpu_of(&task.join("stat").to_string_lossy()).unwrap_or_default();
+                *threads.get_or_insert(Duration::ZERO) += used;
             }
         }
+        let threads = threads.with_context(|| format!("process {pid} has no thread named {thread}"))?;
         Ok(CpuTime { process, threads })
     }
 
