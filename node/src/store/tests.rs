@@ -371,11 +371,18 @@ async fn merged_inventory_and_its_version_are_durable() {
         .await
         .unwrap();
     assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (6, 17), "merging again changes nothing");
+    // A merge writes its rows, holding this node's own counter as it stands, so a crash
+    // applies no delta twice.
+    store.append(vec![event("r2", Kind::Receive, 1)]).await.unwrap();
+    let crashed = crash_copy(dir.path());
     store.close();
     let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
-    assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (6, 17));
+    assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (7, 17));
+    store.close();
+    let store = Store::open(crashed.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), store.inventory_version()), (7, 17));
     // The node's own count now sees the merged value.
-    store.append(vec![event("c", Kind::Count, 6)]).await.unwrap();
+    store.append(vec![event("c", Kind::Count, 7)]).await.unwrap();
     let (_, record) = store.get(&"c".parse().unwrap()).unwrap().unwrap();
     assert!(record.deltas.is_empty(), "a count that matches the merged view changes nothing");
 }
@@ -641,4 +648,58 @@ fn a_damaged_run_is_an_error_not_a_panic() {
     // A length that runs past the row.
     let cut: Vec<_> = run::Entries::new(Lane::Bulk, 1, &bytes[..bytes.len() - 1]).collect();
     assert!(matches!(cut[..], [Ok((1, b"ab")), Err(StoreError::Corrupt { .. })]), "{cut:?}");
+}
+
+/// What a crash would leave: the store file as its last commit left it, copied into a
+/// directory of its own while the store is still open.
+fn crash_copy(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::copy(from.join(STORE_FILE), to.path().join(STORE_FILE)).unwrap();
+    to
+}
+
+fn at(id: &str, kind: Kind, qty: i64, location: &str) -> NewEvent {
+    let mut new = event(id, kind, qty);
+    new.event.location = location.parse().unwrap();
+    new
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_the_stock_rows_and_the_deltas_they_lag_behind_make_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 6).unwrap();
+    store.append(vec![at("r1", Kind::Receive, 10, "BIN-1")]).await.unwrap();
+    store.append(vec![at("p1", Kind::Pick, 3, "BIN-1"), at("r2", Kind::Receive, 4, "BIN-2")]).await.unwrap();
+    let first = crash_copy(dir.path());
+    store.close();
+
+    // The rows lag behind both groups: opening applies their deltas again.
+    let store = Store::open(first.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2")), (7, 4));
+    store.append(vec![at("r3", Kind::Receive, 5, "BIN-3")]).await.unwrap();
+    // A prune writes the rows out first, those of the deltas applied at open included:
+    // the records it removes can no longer be applied again.
+    store.record_ack(Lane::Standard, 4).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 4);
+    store.append(vec![at("p2", Kind::Pick, 1, "BIN-3")]).await.unwrap();
+    let second = crash_copy(first.path());
+    store.close();
+
+    let store = Store::open(second.path(), node(), || panic!("reopened")).unwrap();
+    assert_eq!((value(&store, "BIN-1"), value(&store, "BIN-2"), value(&store, "BIN-3")), (7, 4, 4));
+    // A repeat changes nothing, and a clean close leaves the rows complete.
+    store.append(vec![at("p2", Kind::Pick, 1, "BIN-3")]).await.unwrap();
+    store.close();
+    let db = Database::open(second.path().join(STORE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let through = meta.get(*STOCK_THROUGH.get(Lane::Standard)).unwrap().unwrap().value();
+    assert_eq!(through, 5, "the rows hold all five picks and receipts");
+    let rows = txn.open_table(STOCK).unwrap();
+    let mut stored = Inventory::new();
+    for row in rows.iter().unwrap() {
+        stored.merge(&decode_stock(row.unwrap().1.value()).unwrap());
+    }
+    let bins = ["BIN-1", "BIN-2", "BIN-3"].map(|bin| stored.value(&key(bin)).unwrap());
+    assert_eq!(bins, [7, 4, 4]);
 }
