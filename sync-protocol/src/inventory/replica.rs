@@ -225,8 +225,9 @@ impl Inventory {
         Self::default()
     }
 
-    /// Applies `actor`'s delta. The caller applies each delta exactly once (the node in
-    /// the transaction that stores the event, the relay behind its watermark). A delta
+    /// Applies `actor`'s delta. The caller applies each delta exactly once to a replica
+    /// (the node in the transaction that stores the event, and again on open to the
+    /// stock rows that lag behind it; the relay behind its watermark). A delta
     /// that would overflow the counter is refused and leaves every value as it was: the
     /// node's writer relies on that to apply an event's one delta without a trial copy.
     pub fn apply(&mut self, actor: &Actor, delta: &Delta) -> Result<(), InventoryError> {
@@ -322,8 +323,8 @@ impl Inventory {
     }
 
     /// `key`'s part of this replica in the canonical encoding: the bytes of
-    /// `self.restrict([key])`, without building it. Stores write one per changed key in
-    /// every commit.
+    /// `self.restrict([key])`, without building it. Stores write one per changed key:
+    /// the relay in every commit, the node at its stock checkpoints.
     pub fn key_row(&self, key: &StockKey) -> impl Serialize + '_ {
         let mut entries: Vec<(&Actor, Counter)> = self
             .stock
