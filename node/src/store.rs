@@ -19,7 +19,7 @@
 //! records in their compact stored form and lane and seq in one `u64` in the id index
 //! (format 4, [`codec`]) took it to 94–98. Runs of records, rows of up to 1,000 bytes
 //! instead of one per record (format 5), save redb an insert per event and the key and
-//! offset it stored with each: 85–87.
+//! offset it stored with each: 85–90.
 //!
 //! The `stock` table is this node's replica of the inventory: its own actor's counters
 //! and everyone else's as merged from the relay. `meta` holds `inventory_version`, the
