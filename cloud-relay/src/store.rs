@@ -608,7 +608,7 @@ fn migrate_log_from_v2(txn: &redb::WriteTransaction) -> Result<u64, StoreError> 
             let offset = offset.value();
             match &mut run {
                 Some((first, len, buf))
-                    if *first + *len == offset && buf.len() + bytes.value().len() <= RUN_BYTES_MAX =>
+                    if *first + *len == offset && run_takes(buf.len(), bytes.value().len()) =>
                 {
                     buf.extend_from_slice(bytes.value());
                     *len += 1;
@@ -656,7 +656,7 @@ fn insert_runs(
 ) -> Result<(), StoreError> {
     let (mut run_first, mut run_start, mut end_before) = (first, 0, 0);
     for (offset, end) in (first..).zip(ends) {
-        if end - run_start > RUN_BYTES_MAX && end_before > run_start {
+        if !run_takes(end_before - run_start, end - end_before) {
             log.insert(run_first, &bytes[run_start..end_before]).map_err(db)?;
             (run_first, run_start) = (offset, end_before);
         }
@@ -666,6 +666,12 @@ fn insert_runs(
         log.insert(run_first, &bytes[run_start..end_before]).map_err(db)?;
     }
     Ok(())
+}
+
+/// Whether a run of `run_bytes` takes an entry of `entry_bytes` without passing
+/// [`RUN_BYTES_MAX`]; an empty run takes any entry.
+fn run_takes(run_bytes: usize, entry_bytes: usize) -> bool {
+    run_bytes == 0 || run_bytes + entry_bytes <= RUN_BYTES_MAX
 }
 
 /// The entries of a run stored under offset `first`, each with its offset and its bytes.

@@ -174,7 +174,8 @@ impl From<ParseError> for IngestError {
 pub enum Posted {
     /// One event object.
     Single(Result<Event, IngestError>),
-    /// An array; each entry judged on its own.
+    /// An array; each entry judged on its own. A refused entry keeps the `event_id` it
+    /// was posted with, if it had one as a string, for its answer.
     Many(Vec<(Option<String>, Result<Event, IngestError>)>),
 }
 
@@ -195,7 +196,10 @@ pub fn parse_body(body: &[u8], batch_events_max: usize) -> Result<Posted, Ingest
                     .into_iter()
                     .map(|item| {
                         let id = item.get("event_id").and_then(Value::as_str).map(str::to_owned);
-                        (id, parse_event(item))
+                        match parse_event(item) {
+                            Ok(event) => (None, Ok(event)),
+                            Err(e) => (id, Err(e)),
+                        }
                     })
                     .collect(),
             ))

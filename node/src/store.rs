@@ -1482,7 +1482,7 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
 
 /// The tables an append writes.
 struct Tables<'a, 't> {
-    runs: &'a mut PerLane<RunsTable<'t>>,
+    runs: &'a mut PerLane<LaneTable<'t>>,
     /// The runs this transaction is gathering, inserted when full or at its end.
     pending: &'a mut PerLane<run::Pending>,
     /// The group's ids that the index held before it ([`stored_ids`]).
@@ -1584,21 +1584,22 @@ fn group_events(command: &Command) -> usize {
     }
 }
 
-type RunsTable<'t> = redb::Table<'t, u64, &'static [u8]>;
+/// A lane's table keyed by seq: its runs, or format 4's rows.
+type LaneTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 
-fn open_runs<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<RunsTable<'t>>, StoreError> {
+fn open_runs<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<LaneTable<'t>>, StoreError> {
     open_per_lane(txn, &RUNS)
 }
 
 /// Format 4's tables, for the migrations.
-fn open_events_v4<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<RunsTable<'t>>, StoreError> {
+fn open_events_v4<'t>(txn: &'t redb::WriteTransaction) -> Result<PerLane<LaneTable<'t>>, StoreError> {
     open_per_lane(txn, &EVENTS_V4)
 }
 
 fn open_per_lane<'t>(
     txn: &'t redb::WriteTransaction,
     tables: &PerLane<TableDefinition<u64, &'static [u8]>>,
-) -> Result<PerLane<RunsTable<'t>>, StoreError> {
+) -> Result<PerLane<LaneTable<'t>>, StoreError> {
     let [critical, standard, bulk] = Lane::ALL;
     Ok(PerLane([
         txn.open_table(*tables.get(critical)).db()?,
@@ -1608,7 +1609,7 @@ fn open_per_lane<'t>(
 }
 
 /// Inserts every lane's gathered run.
-fn flush(pending: &mut PerLane<run::Pending>, runs: &mut PerLane<RunsTable<'_>>) -> Result<(), StoreError> {
+fn flush(pending: &mut PerLane<run::Pending>, runs: &mut PerLane<LaneTable<'_>>) -> Result<(), StoreError> {
     for lane in Lane::ALL {
         pending.get_mut(lane).flush(runs.get_mut(lane))?;
     }
@@ -1635,7 +1636,7 @@ fn placed(value: u64) -> Result<(Lane, u64), StoreError> {
 /// of each lane, at most [`PRUNE_EVENTS_MAX`] per lane, and their ids; a run that holds
 /// some of them is cut to the rest, under the seq of its first kept record.
 fn prune(
-    runs: &mut PerLane<RunsTable<'_>>,
+    runs: &mut PerLane<LaneTable<'_>>,
     ids: &mut IdsTable<'_>,
     positions: &PerLane<LanePosition>,
     received_before_ms: u64,

@@ -237,6 +237,24 @@ async fn pruning_takes_only_acknowledged_events() {
     assert!(store.get(&"p2".parse().unwrap()).unwrap().is_none());
     assert!(store.get(&"p3".parse().unwrap()).unwrap().is_some(), "unacked events stay");
     assert_eq!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().len(), 2);
+    // The five were one run: the prune cut it, and the rest stays where it was.
+    store.append(vec![event("p5", Kind::Pick, 1)]).await.unwrap();
+    store.close();
+    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
+    let ids =
+        |records: Vec<Record>| records.into_iter().map(|r| r.event.event_id.to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap()), ["p3", "p4", "p5"]);
+    assert_eq!(ids(store.read_range(Lane::Standard, Seq::new(5).unwrap(), 10).unwrap()), ["p4", "p5"]);
+    let again = store.append(vec![event("p3", Kind::Pick, 1), event("p4", Kind::Pick, 1)]).await.unwrap();
+    assert_eq!(again.iter().map(seq_of).collect::<Vec<_>>(), [(Lane::Standard, 4), (Lane::Standard, 5)]);
+    assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
+    assert!(store.oldest_unacked_ms(Lane::Standard).unwrap().is_some(), "p5 is not acknowledged");
+    // The pruned ids went with their records: p0 is new again.
+    let again = store.append(vec![event("p0", Kind::Pick, 1)]).await.unwrap();
+    assert!(matches!(again[0], Outcome::Created(p) if p.seq.get() == 7), "{again:?}");
+    store.record_ack(Lane::Standard, 7).await.unwrap();
+    assert_eq!(store.prune(u64::MAX).await.unwrap(), 4);
+    assert!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().is_empty());
     store.close();
 }
 
@@ -538,34 +556,6 @@ async fn a_group_longer_than_a_run_reads_back_from_every_seq() {
         let (placed, record) = store.get(&format!("s{n:05}").parse().unwrap()).unwrap().unwrap();
         assert_eq!((placed.seq.get(), &record), (n as u64 + 1, stored));
     }
-    store.close();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pruning_cuts_a_run_and_keeps_the_rest_where_it_was() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), node(), || 1).unwrap();
-    let batch = (0..5).map(|i| event(&format!("p{i}"), Kind::Pick, 1)).collect();
-    store.append(batch).await.unwrap();
-    store.record_ack(Lane::Standard, 3).await.unwrap();
-    assert_eq!(store.prune(u64::MAX).await.unwrap(), 3);
-    store.append(vec![event("p5", Kind::Pick, 1)]).await.unwrap();
-    store.close();
-    let store = Store::open(dir.path(), node(), || panic!("reopened")).unwrap();
-    let ids =
-        |records: Vec<Record>| records.into_iter().map(|r| r.event.event_id.to_string()).collect::<Vec<_>>();
-    assert_eq!(ids(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap()), ["p3", "p4", "p5"]);
-    assert_eq!(ids(store.read_range(Lane::Standard, Seq::new(5).unwrap(), 10).unwrap()), ["p4", "p5"]);
-    let again = store.append(vec![event("p3", Kind::Pick, 1), event("p4", Kind::Pick, 1)]).await.unwrap();
-    assert_eq!(again.iter().map(seq_of).collect::<Vec<_>>(), [(Lane::Standard, 4), (Lane::Standard, 5)]);
-    assert!(again.iter().all(|o| matches!(o, Outcome::Duplicate(_))), "{again:?}");
-    assert!(store.oldest_unacked_ms(Lane::Standard).unwrap().is_some(), "p5 is not acknowledged");
-    // The pruned ids went with their records: p0 is new again.
-    let again = store.append(vec![event("p0", Kind::Pick, 1)]).await.unwrap();
-    assert!(matches!(again[0], Outcome::Created(p) if p.seq.get() == 7), "{again:?}");
-    store.record_ack(Lane::Standard, 7).await.unwrap();
-    assert_eq!(store.prune(u64::MAX).await.unwrap(), 4);
-    assert!(store.read_range(Lane::Standard, Seq::FIRST, 10).unwrap().is_empty());
     store.close();
 }
 
