@@ -52,9 +52,10 @@ enum Command {
     /// seeded network faults, crashes and store wipes, with the invariant checker. Runs
     /// --seeds in parallel, or replays one --seed with its full trace.
     Sim(simulator::sim::cli::SimArgs),
-    /// The benchmarks of PERFORMANCE.md: `bench <NAME|all> [--quick] [--json FILE]`. Prints
-    /// one row per bench (figure, same-run limit, ratio, target, pass/fail); exits 0 only
-    /// if every bench was correct and met its target (--quick judges correctness only).
+    /// The benchmarks of PERFORMANCE.md: `bench <NAME|all> [--quick] [--events N] [--seconds S]
+    /// [--json FILE]`. Prints one row per bench (figure, same-run limit, ratio, target,
+    /// pass/fail); exits 0 only if every bench was correct and met its target (--quick, and
+    /// a size below the target's, judge correctness only).
     Bench(simulator::bench::BenchArgs),
 }
 

@@ -7,6 +7,7 @@
 
 mod bad_frames;
 mod bad_input;
+mod bench_sizes;
 mod certificates;
 mod chaos;
 mod deploy;

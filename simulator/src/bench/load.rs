@@ -127,13 +127,20 @@ impl Workload {
 
     /// The body of the post whose first event is `first`: `per_post` events from it.
     pub fn body(&self, first: u64, out: &mut String) {
+        self.body_of(first, self.per_post as u64, out);
+    }
+
+    /// The body of a post of `count` events from `first`: an array, unless the workload
+    /// posts single objects. A run whose size is not a multiple of `per_post` ends with a
+    /// shorter post.
+    pub fn body_of(&self, first: u64, count: u64, out: &mut String) {
         out.clear();
         if self.per_post == 1 {
             self.event(first, out);
             return;
         }
         out.push('[');
-        for n in first..first + self.per_post as u64 {
+        for n in first..first + count {
             if n > first {
                 out.push(',');
             }
@@ -216,7 +223,10 @@ pub async fn run(
     let posts_total = plan.events.div_ceil(per_post);
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let progress = Progress::start(label, plan.events, "events");
+    let progress = match plan.duration {
+        Some(duration) => Progress::timed(label, duration, "events"),
+        None => Progress::start(label, plan.events, "events"),
+    };
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(plan.clients);
     for _ in 0..plan.clients {
@@ -224,25 +234,28 @@ pub async fn run(
         let (next, stop, workload, counter) =
             (next.clone(), stop.clone(), workload.clone(), progress.counter());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let (mut latencies, mut events) = (Vec::new(), 0);
             let mut body = String::new();
             loop {
                 let post = next.fetch_add(1, Ordering::Relaxed);
                 if post >= posts_total || stop.load(Ordering::Relaxed) {
-                    return Ok::<_, LoadError>(latencies);
+                    return Ok::<_, LoadError>((latencies, events));
                 }
+                let count = per_post.min(plan.events - post * per_post);
                 let first = plan.first_event + post * per_post;
-                workload.body(first, &mut body);
+                workload.body_of(first, count, &mut body);
                 let sent = Instant::now();
                 let (status, answer) = conn.post(body.as_bytes()).await?;
                 latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
-                judge_answer(judge, status, answer, workload.per_post).map_err(|()| LoadError::Refused {
+                let shape = if workload.per_post == 1 { Post::Single } else { Post::Array(count as usize) };
+                judge_answer(judge, status, answer, shape).map_err(|()| LoadError::Refused {
                     first,
-                    end: first + per_post,
+                    end: first + count,
                     status,
                     body: String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned(),
                 })?;
-                counter.fetch_add(per_post, Ordering::Relaxed);
+                events += count;
+                counter.fetch_add(count, Ordering::Relaxed);
             }
         }));
     }
@@ -253,11 +266,14 @@ pub async fn run(
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let mut latencies_us = Vec::new();
+    let (mut latencies_us, mut events) = (Vec::new(), 0);
     let mut failure = None;
     for task in tasks {
         match task.await {
-            Ok(Ok(mut l)) => latencies_us.append(&mut l),
+            Ok(Ok((mut l, e))) => {
+                latencies_us.append(&mut l);
+                events += e;
+            }
             Ok(Err(e)) => {
                 stop.store(true, Ordering::Relaxed);
                 failure.get_or_insert(e);
@@ -275,19 +291,28 @@ pub async fn run(
     }
     latencies_us.sort_unstable();
     let posts = latencies_us.len() as u64;
-    Ok(LoadReport { events: posts * per_post, posts, elapsed, latencies_us })
+    Ok(LoadReport { events, posts, elapsed, latencies_us })
 }
 
-fn judge_answer(judge: Judge, status: u16, body: &[u8], per_post: usize) -> Result<(), ()> {
-    match judge {
-        Judge::AnySuccess if (200..300).contains(&status) => Ok(()),
-        Judge::Created if per_post == 1 && status == 201 => Ok(()),
-        Judge::Created if per_post > 1 && status == 200 => {
+fn judge_answer(judge: Judge, status: u16, body: &[u8], post: Post) -> Result<(), ()> {
+    match (judge, post) {
+        (Judge::AnySuccess, _) if (200..300).contains(&status) => Ok(()),
+        (Judge::Created, Post::Single) if status == 201 => Ok(()),
+        (Judge::Created, Post::Array(events)) if status == 200 => {
             let created = count(body, br#""status":"created""#);
-            if created == per_post { Ok(()) } else { Err(()) }
+            if created == events { Ok(()) } else { Err(()) }
         }
         _ => Err(()),
     }
+}
+
+/// What a post carried, for judging its answer.
+#[derive(Debug, Clone, Copy)]
+enum Post {
+    /// One event object (answered 201).
+    Single,
+    /// An array of this many events (answered 200 with a result each).
+    Array(usize),
 }
 
 /// Occurrences of `needle` in `haystack`.
@@ -485,6 +510,9 @@ mod tests {
         assert_eq!(events[0]["event_id"], "t-0000000020");
         assert_eq!(events[0]["kind"], "ship");
         assert_eq!(events[2]["kind"], "pick");
+        w.body_of(20, 1, &mut body);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "a short last post is still an array: {body}");
     }
 
     #[test]
@@ -499,10 +527,15 @@ mod tests {
     #[test]
     fn a_post_is_created_only_when_every_event_is() {
         let body = br#"{"results":[{"status":"created"},{"status":"created"}]}"#;
-        assert_eq!(judge_answer(Judge::Created, 200, body, 2), Ok(()));
-        assert_eq!(judge_answer(Judge::Created, 200, body, 3), Err(()));
-        assert_eq!(judge_answer(Judge::Created, 200, b"{}", 1), Err(()), "a single event answers 201");
-        assert_eq!(judge_answer(Judge::Created, 507, b"{}", 1), Err(()));
-        assert_eq!(judge_answer(Judge::AnySuccess, 204, b"", 1), Ok(()));
+        assert_eq!(judge_answer(Judge::Created, 200, body, Post::Array(2)), Ok(()));
+        assert_eq!(judge_answer(Judge::Created, 200, body, Post::Array(3)), Err(()));
+        assert_eq!(
+            judge_answer(Judge::Created, 200, b"{}", Post::Single),
+            Err(()),
+            "a single event answers 201"
+        );
+        assert_eq!(judge_answer(Judge::Created, 201, b"{}", Post::Single), Ok(()));
+        assert_eq!(judge_answer(Judge::Created, 507, b"{}", Post::Single), Err(()));
+        assert_eq!(judge_answer(Judge::AnySuccess, 204, b"", Post::Array(5)), Ok(()));
     }
 }

@@ -8,6 +8,11 @@
 //! a few seconds: CI runs it to keep the benches compiling and correct, so a quick run
 //! fails only on a wrong result, never on a missed target.
 //!
+//! `--events N` and `--seconds S` size the benches that take them ([`Bench::events`],
+//! [`Bench::seconds`]) instead of their defaults. A target is judged at the size
+//! PERFORMANCE.md sets it for, or a larger one ([`Options::target`]); a smaller run prints
+//! its figures and its correctness, unjudged.
+//!
 //! To add a bench (ingest-batch, drain, …): write a module with a `run(&Options) ->
 //! anyhow::Result<Row>` function, and list it in [`ALL`].
 
@@ -23,27 +28,87 @@ pub mod site;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 
+/// The fewest events `--events` takes: below that a backlog is mostly fixed costs.
+pub const EVENTS_MIN: u64 = 1_000;
+
 /// `outpost-sim bench` arguments.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+Sizes (defaults; --quick runs smaller ones):
+  ingest-batch, ingest-single  --seconds of posting (10), or --events to post
+  drain, mixed                 --events buffered offline, then drained (1,000,000)
+  backlog-memory, restart      --events buffered offline (10,000,000)
+  disk                         --events buffered offline (1,000,000)
+  fan-in                       --seconds of 1,000 sites posting (20)
+  crdt-merge                   fixed: 10k SKUs x 50 actors
+
+A run smaller than the size PERFORMANCE.md sets a target for prints its figures and
+checks correctness, but is not judged against the target.")]
 pub struct BenchArgs {
     /// The bench to run, or `all`.
     pub name: String,
     /// A small size that runs in seconds and judges only correctness.
     #[arg(long)]
     pub quick: bool,
+    /// Events to buffer or post, for the benches sized in events (at least 1,000).
+    #[arg(long, value_name = "N", value_parser = events_arg)]
+    pub events: Option<u64>,
+    /// Seconds to run, for the benches sized in time (1 to 86,400).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub seconds: Option<u64>,
     /// Write the rows as JSON to this file as well.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
+/// `--events`: a count of at least [`EVENTS_MIN`].
+fn events_arg(arg: &str) -> Result<u64, String> {
+    match arg.parse::<u64>() {
+        Ok(n) if n >= EVENTS_MIN => Ok(n),
+        Ok(n) => Err(format!("{n} is below the minimum of {EVENTS_MIN} events")),
+        Err(e) => Err(format!("not a count of events: {e}")),
+    }
+}
+
+impl BenchArgs {
+    /// The arguments of `bench NAME` at its default size, or `--quick`.
+    pub fn new(name: &str, quick: bool) -> BenchArgs {
+        BenchArgs { name: name.to_owned(), quick, events: None, seconds: None, json: None }
+    }
+}
+
 /// How a bench runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     /// The quick variant.
     pub quick: bool,
+    /// `--events`, when the bench takes it.
+    pub events: Option<u64>,
+    /// `--seconds`, when the bench takes it.
+    pub seconds: Option<Duration>,
+}
+
+impl Options {
+    /// The quick variant at its default sizes.
+    pub fn quick() -> Options {
+        Options { quick: true, ..Options::default() }
+    }
+
+    /// The events to run with: `--events`, or the default of a quick or a full run.
+    pub fn events_or(&self, quick: u64, full: u64) -> u64 {
+        self.events.unwrap_or(if self.quick { quick } else { full })
+    }
+
+    /// The target to judge a run by: none for a quick run, nor for one smaller than the
+    /// size PERFORMANCE.md sets the target for (`full_size` false), which prints its
+    /// figures unjudged.
+    pub fn target(&self, target: f64, full_size: bool) -> Option<f64> {
+        (!self.quick && full_size).then_some(target)
+    }
 }
 
 /// One bench: its name and how to run it.
@@ -53,8 +118,37 @@ pub struct Bench {
     pub name: &'static str,
     /// What it measures, for `--help`-like listings and errors.
     pub about: &'static str,
+    /// What `--events` sizes, if this bench takes it.
+    pub events: Option<&'static str>,
+    /// What `--seconds` sizes, if this bench takes it.
+    pub seconds: Option<&'static str>,
     /// Runs it.
     pub run: fn(&Options) -> anyhow::Result<Row>,
+}
+
+impl Bench {
+    /// The options of this bench from `args`: the sizes it does not take are left out.
+    fn options(&self, args: &BenchArgs) -> Options {
+        Options {
+            quick: args.quick,
+            events: args.events.filter(|_| self.events.is_some()),
+            seconds: args.seconds.filter(|_| self.seconds.is_some()).map(Duration::from_secs),
+        }
+    }
+
+    /// An error if `args` size this bench in a way it does not take.
+    fn check(&self, args: &BenchArgs) -> anyhow::Result<()> {
+        let takes = match (self.events, self.seconds) {
+            (Some(e), Some(s)) => format!("--events ({e}) and --seconds ({s})"),
+            (Some(e), None) => format!("--events ({e}), not --seconds"),
+            (None, Some(s)) => format!("--seconds ({s}), not --events"),
+            (None, None) => "neither --events nor --seconds: its size is fixed".to_owned(),
+        };
+        let refused = (args.events.is_some() && self.events.is_none())
+            || (args.seconds.is_some() && self.seconds.is_none());
+        anyhow::ensure!(!refused, "bench {} takes {takes}", self.name);
+        Ok(())
+    }
 }
 
 /// Every bench, in the order `all` runs them.
@@ -62,32 +156,66 @@ pub const ALL: &[Bench] = &[
     Bench {
         name: "ingest-batch",
         about: "64 clients posting 100 events each, durable acks",
+        events: Some("events to post"),
+        seconds: Some("time to post for"),
         run: ingest::run_batch,
     },
     Bench {
         name: "ingest-single",
         about: "256 clients posting one event each, durable acks",
+        events: Some("events to post"),
+        seconds: Some("time to post for"),
         run: ingest::run_single,
     },
     Bench {
         name: "drain",
         about: "a backlog buffered offline, durable at the relay once the WAN returns",
+        events: Some("the backlog"),
+        seconds: None,
         run: drain::run_drain,
     },
-    Bench { name: "mixed", about: "shipments end to end while a bulk backlog drains", run: drain::run_mixed },
-    Bench { name: "backlog-memory", about: "node RSS as an offline backlog grows", run: backlog::run_memory },
-    Bench { name: "disk", about: "store bytes per buffered event", run: backlog::run_disk },
+    Bench {
+        name: "mixed",
+        about: "shipments end to end while a bulk backlog drains",
+        events: Some("the bulk backlog"),
+        seconds: None,
+        run: drain::run_mixed,
+    },
+    Bench {
+        name: "backlog-memory",
+        about: "node RSS as an offline backlog grows",
+        events: Some("the backlog"),
+        seconds: None,
+        run: backlog::run_memory,
+    },
+    Bench {
+        name: "disk",
+        about: "store bytes per buffered event",
+        events: Some("the backlog"),
+        seconds: None,
+        run: backlog::run_disk,
+    },
     Bench {
         name: "restart",
         about: "start to first 201 with a large store, clean and after kill -9",
+        events: Some("the events in the store"),
+        seconds: None,
         run: backlog::run_restart,
     },
     Bench {
         name: "fan-in",
         about: "1,000 simulated sites at 100 events/s each into one relay, replication lag",
+        events: None,
+        seconds: Some("time the sites post for"),
         run: fan_in::run,
     },
-    Bench { name: "crdt-merge", about: "Inventory::merge of 10k SKUs x 50 actors", run: crdt_merge::run },
+    Bench {
+        name: "crdt-merge",
+        about: "Inventory::merge of 10k SKUs x 50 actors",
+        events: None,
+        seconds: None,
+        run: crdt_merge::run,
+    },
 ];
 
 /// Which way a figure is good.
@@ -197,15 +325,19 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<bool> {
             let names: Vec<&str> = ALL.iter().map(|b| b.name).collect();
             anyhow::bail!("unknown bench {:?}; one of all, {}", args.name, names.join(", "));
         };
+        bench.check(args)?;
         vec![bench]
     };
-    let options = Options { quick: args.quick };
     if cfg!(debug_assertions) {
         writeln!(out, "note: a debug build; figures are not representative (build with --release)")?;
     }
     let mut rows = Vec::new();
     for bench in selected {
-        writeln!(out, "running {} ({}){}", bench.name, bench.about, if args.quick { ", quick" } else { "" })?;
+        let options = bench.options(args);
+        let quick = if args.quick { ", quick" } else { "" };
+        let events = options.events.map(|n| format!(", {n} events")).unwrap_or_default();
+        let seconds = options.seconds.map(|s| format!(", {} s", s.as_secs())).unwrap_or_default();
+        writeln!(out, "running {} ({}){quick}{events}{seconds}", bench.name, bench.about)?;
         rows.push((bench.run)(&options)?);
     }
     print_table(&rows, out)?;

@@ -21,14 +21,32 @@ pub struct Progress {
     drawer: Option<JoinHandle<()>>,
 }
 
+/// What a bar fills towards.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// A count of units.
+    Count(u64),
+    /// A length of time; the units are counted alongside.
+    Time(Duration),
+}
+
 impl Progress {
     /// Starts a bar for `total` units named `unit`, labelled `label`.
     pub fn start(label: &str, total: u64, unit: &'static str) -> Progress {
+        Progress::towards(label, End::Count(total), unit)
+    }
+
+    /// Starts a bar that fills over `duration`, counting units named `unit`.
+    pub fn timed(label: &str, duration: Duration, unit: &'static str) -> Progress {
+        Progress::towards(label, End::Time(duration), unit)
+    }
+
+    fn towards(label: &str, end: End, unit: &'static str) -> Progress {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let drawer = std::io::stderr().is_terminal().then(|| {
             let (done, stop, label) = (done.clone(), stop.clone(), label.to_owned());
-            std::thread::spawn(move || draw(&label, total, unit, &done, &stop))
+            std::thread::spawn(move || draw(&label, end, unit, &done, &stop))
         });
         Progress { done, stop, drawer }
     }
@@ -62,18 +80,24 @@ impl Drop for Progress {
     }
 }
 
-fn draw(label: &str, total: u64, unit: &str, done: &AtomicU64, stop: &AtomicBool) {
+fn draw(label: &str, end: End, unit: &str, done: &AtomicU64, stop: &AtomicBool) {
     let started = Instant::now();
     let mut err = std::io::stderr();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(REDRAW);
         let now = done.load(Ordering::Relaxed);
-        let fraction = if total == 0 { 1.0 } else { (now as f64 / total as f64).min(1.0) };
+        let elapsed = started.elapsed();
+        let (fraction, of) = match end {
+            End::Count(0) => (1.0, "/0".to_owned()),
+            End::Count(total) => (now as f64 / total as f64, format!("/{total}")),
+            End::Time(d) => (elapsed.as_secs_f64() / d.as_secs_f64().max(1e-3), String::new()),
+        };
+        let fraction = fraction.min(1.0);
         let filled = (fraction * WIDTH as f64) as usize;
-        let rate = now as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let rate = now as f64 / elapsed.as_secs_f64().max(1e-3);
         let _ = write!(
             err,
-            "\r  {label} [{}{}] {:>3.0}% {now}/{total} {unit}, {} {unit}/s   ",
+            "\r  {label} [{}{}] {:>3.0}% {now}{of} {unit}, {} {unit}/s   ",
             "#".repeat(filled),
             "-".repeat(WIDTH - filled),
             fraction * 100.0,

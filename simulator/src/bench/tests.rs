@@ -1,4 +1,5 @@
-//! Tests of the bench harness: every bench runs quick and is correct, and names resolve.
+//! Tests of the bench harness: every bench runs quick and is correct, names resolve, and
+//! `--events` and `--seconds` size only the benches that take them.
 
 use super::*;
 
@@ -9,7 +10,7 @@ const IN_PROCESS: [&str; 1] = ["crdt-merge"];
 #[test]
 fn in_process_benches_run_quick_and_are_correct() {
     for bench in ALL.iter().filter(|b| IN_PROCESS.contains(&b.name)) {
-        let row = (bench.run)(&Options { quick: true }).unwrap();
+        let row = (bench.run)(&Options::quick()).unwrap();
         assert!(row.correct, "{} computed a wrong result: {row:?}", bench.name);
         assert!(row.pass, "a quick run is not judged against the target: {row:?}");
         assert!(row.figure > 0.0 && row.limit > 0.0, "{row:?}");
@@ -18,9 +19,71 @@ fn in_process_benches_run_quick_and_are_correct() {
 
 #[test]
 fn an_unknown_bench_is_an_error() {
-    let args = BenchArgs { name: "nope".into(), quick: true, json: None };
+    let args = BenchArgs::new("nope", true);
     let err = run(&args, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("crdt-merge"), "{err}");
+}
+
+#[test]
+fn a_size_the_bench_does_not_take_is_refused_before_it_runs() {
+    let refused = [
+        ("crdt-merge", Some(5_000), None, "neither --events nor --seconds"),
+        ("crdt-merge", None, Some(5), "neither --events nor --seconds"),
+        ("fan-in", Some(5_000), None, "--seconds (time the sites post for), not --events"),
+        ("drain", None, Some(5), "--events (the backlog), not --seconds"),
+    ];
+    for (name, events, seconds, says) in refused {
+        let args = BenchArgs { events, seconds, ..BenchArgs::new(name, true) };
+        let mut out = Vec::new();
+        let err = run(&args, &mut out).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(says), "{name}: {err}");
+        assert!(out.is_empty(), "{name} started: {}", String::from_utf8_lossy(&out));
+    }
+}
+
+#[test]
+fn each_bench_gets_only_the_sizes_it_takes() {
+    let args = BenchArgs { events: Some(5_000), seconds: Some(7), ..BenchArgs::new("all", false) };
+    let by_name = |name: &str| ALL.iter().find(|b| b.name == name).unwrap().options(&args);
+    let ingest = by_name("ingest-batch");
+    assert_eq!((ingest.events, ingest.seconds), (Some(5_000), Some(Duration::from_secs(7))));
+    let drain = by_name("drain");
+    assert_eq!((drain.events, drain.seconds), (Some(5_000), None));
+    let fan_in = by_name("fan-in");
+    assert_eq!((fan_in.events, fan_in.seconds), (None, Some(Duration::from_secs(7))));
+    let merge = by_name("crdt-merge");
+    assert_eq!((merge.events, merge.seconds), (None, None));
+    for bench in ALL {
+        bench.check(&BenchArgs::new(bench.name, false)).unwrap();
+        let what = [bench.events, bench.seconds];
+        assert!(what.iter().flatten().all(|w| !w.is_empty()), "{} says what it sizes", bench.name);
+    }
+}
+
+#[test]
+fn a_run_smaller_than_the_targets_size_is_not_judged() {
+    let full = Options::default();
+    assert_eq!(full.target(500.0, true), Some(500.0));
+    assert_eq!(full.target(500.0, false), None, "a smaller run prints its figures unjudged");
+    assert_eq!(Options::quick().target(500.0, true), None, "a quick run is never judged");
+    assert_eq!(full.events_or(10, 1_000), 1_000);
+    assert_eq!(Options::quick().events_or(10, 1_000), 10);
+    let sized = Options { events: Some(4_000), ..Options::quick() };
+    assert_eq!(sized.events_or(10, 1_000), 4_000, "--events wins over either default");
+}
+
+#[test]
+fn sizes_below_their_floor_are_refused_by_the_command_line() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    assert!(Cli::try_parse_from(["sim", "drain", "--events", "999"]).is_err());
+    assert!(Cli::try_parse_from(["sim", "fan-in", "--seconds", "0"]).is_err());
+    let ok = Cli::try_parse_from(["sim", "drain", "--events", "1000"]).unwrap();
+    assert_eq!(ok.bench.events, Some(EVENTS_MIN));
 }
 
 #[test]
