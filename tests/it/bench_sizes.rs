@@ -29,6 +29,17 @@ fn events_size_a_backlog_that_is_not_a_whole_number_of_posts() {
 }
 
 #[test]
+fn events_size_a_backlog_that_is_not_a_whole_number_of_tenths() {
+    // backlog-memory samples the RSS after each tenth of its backlog.
+    let (passed, table, rows) =
+        run(BenchArgs { events: Some(1_001), ..BenchArgs::new("backlog-memory", true) });
+    assert!(passed, "{table}");
+    let row = &rows[0];
+    assert_eq!(row["correct"], true, "every buffered event at the relay exactly once: {row}");
+    assert!(row["case"].as_str().unwrap().starts_with("1001 events buffered"), "{row}");
+}
+
+#[test]
 fn a_full_run_shorter_than_its_targets_is_not_judged() {
     let (passed, table, rows) = run(BenchArgs { seconds: Some(1), ..BenchArgs::new("ingest-single", false) });
     let row = &rows[0];
@@ -41,4 +52,5 @@ fn a_full_run_shorter_than_its_targets_is_not_judged() {
         case.split(" events in ").nth(1).and_then(|s| s.split(' ').next()).unwrap().parse().unwrap();
     assert!((0.9..5.0).contains(&seconds), "posted for about --seconds: {case}");
     assert!(table.contains("running ingest-single") && table.contains(", 1 s"), "{table}");
+    assert!(case.contains("unjudged: smaller than this bench's full size"), "the row says why: {case}");
 }

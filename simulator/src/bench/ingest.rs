@@ -136,8 +136,7 @@ async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
 
     let figure = report.events_per_sec();
     let p99 = report.latency_ms(0.99);
-    let full_size = duration.is_some_and(|d| d >= FULL_RUN) || report.elapsed >= FULL_RUN;
-    let target = options.target(shape.target, full_size);
+    let target = options.target(shape.target, full_size(options, shape.target));
     Ok(Row::new(shape.bench, Goal::AtLeast, "ev/s")
         .case(format!(
             "{} clients x {} per post, {} events in {:.1} s; ack p50 {:.2} ms, p99 {:.2} ms (target < {} ms); \
@@ -153,6 +152,16 @@ async fn run(options: &Options, shape: &Shape) -> anyhow::Result<Row> {
         .figures(figure, figure, limit)
         .judged(target, target.is_none() || p99 < shape.p99_ms)
         .correct(correct))
+}
+
+/// Whether a run of `options` is as large as the default full run, for a rate `target`: at
+/// least [`FULL_RUN`] long, and sized to post at least what the target rate would post in
+/// that time. (Judging a run by how long it took would judge a slow node's short run and
+/// leave a fast node's unjudged.)
+pub(super) fn full_size(options: &Options, target: f64) -> bool {
+    let long_enough = options.seconds.is_none_or(|s| s >= FULL_RUN);
+    let many_enough = options.events.is_none_or(|n| n as f64 >= target * FULL_RUN.as_secs_f64());
+    long_enough && many_enough
 }
 
 /// The same-run limit of `shape` (module doc), and a line on how it was measured.

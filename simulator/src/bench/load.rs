@@ -134,6 +134,11 @@ impl Workload {
     /// posts single objects. A run whose size is not a multiple of `per_post` ends with a
     /// shorter post.
     pub fn body_of(&self, first: u64, count: u64, out: &mut String) {
+        debug_assert!(
+            (1..=self.per_post as u64).contains(&count),
+            "{count} events in a post of {}",
+            self.per_post
+        );
         out.clear();
         if self.per_post == 1 {
             self.event(first, out);
@@ -237,9 +242,14 @@ pub async fn run(
             let (mut latencies, mut events) = (Vec::new(), 0);
             let mut body = String::new();
             loop {
-                let post = next.fetch_add(1, Ordering::Relaxed);
-                if post >= posts_total || stop.load(Ordering::Relaxed) {
+                // Stop before taking a number, so that every number taken is posted and a
+                // run's events are `0..events` without gaps (the checks count them so).
+                if stop.load(Ordering::Relaxed) {
                     return Ok::<_, LoadError>((latencies, events));
+                }
+                let post = next.fetch_add(1, Ordering::Relaxed);
+                if post >= posts_total {
+                    return Ok((latencies, events));
                 }
                 let count = per_post.min(plan.events - post * per_post);
                 let first = plan.first_event + post * per_post;
@@ -513,6 +523,18 @@ mod tests {
         w.body_of(20, 1, &mut body);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v.as_array().map(Vec::len), Some(1), "a short last post is still an array: {body}");
+    }
+
+    #[test]
+    fn a_run_not_a_whole_number_of_posts_ends_with_a_shorter_one() {
+        let runtime = crate::bench::site::runtime().unwrap();
+        let report = runtime.block_on(async {
+            let noop = NoopServer::start().await.unwrap();
+            let workload = Workload { prefix: "t-".into(), mix: Mix::Site, per_post: 100 };
+            let plan = Plan { clients: 2, events: 250, duration: None, first_event: 0 };
+            run(noop.addr(), &workload, plan, Judge::AnySuccess, "test").await.unwrap()
+        });
+        assert_eq!((report.events, report.posts), (250, 3));
     }
 
     #[test]

@@ -54,10 +54,31 @@ fn each_bench_gets_only_the_sizes_it_takes() {
     let merge = by_name("crdt-merge");
     assert_eq!((merge.events, merge.seconds), (None, None));
     for bench in ALL {
-        bench.check(&BenchArgs::new(bench.name, false)).unwrap();
+        let takes = BenchArgs {
+            events: bench.events.map(|_| 5_000),
+            seconds: bench.seconds.map(|_| 7),
+            ..BenchArgs::new(bench.name, false)
+        };
+        bench.check(&takes).unwrap();
         let what = [bench.events, bench.seconds];
         assert!(what.iter().flatten().all(|w| !w.is_empty()), "{} says what it sizes", bench.name);
     }
+}
+
+#[test]
+fn an_ingest_run_is_judged_only_at_its_full_size() {
+    let target = 50_000.0;
+    let full = |events: Option<u64>, seconds: Option<u64>| {
+        let options = Options { events, seconds: seconds.map(Duration::from_secs), ..Options::default() };
+        ingest::full_size(&options, target)
+    };
+    assert!(full(None, None), "the default run");
+    assert!(full(None, Some(30)));
+    assert!(!full(None, Some(9)));
+    assert!(full(Some(500_000), None), "as many events as the target rate posts in 10 s");
+    assert!(!full(Some(499_999), None), "fewer: a fast node would finish early and a slow one be judged");
+    assert!(!full(Some(5_000), Some(10)), "10 s is not enough when the run stops at 5,000 events");
+    assert!(full(Some(1_000_000), Some(20)));
 }
 
 #[test]
@@ -73,7 +94,7 @@ fn a_run_smaller_than_the_targets_size_is_not_judged() {
 }
 
 #[test]
-fn sizes_below_their_floor_are_refused_by_the_command_line() {
+fn sizes_outside_their_range_are_refused_by_the_command_line() {
     use clap::Parser;
     #[derive(clap::Parser)]
     struct Cli {
@@ -81,7 +102,9 @@ fn sizes_below_their_floor_are_refused_by_the_command_line() {
         bench: BenchArgs,
     }
     assert!(Cli::try_parse_from(["sim", "drain", "--events", "999"]).is_err());
+    assert!(Cli::try_parse_from(["sim", "drain", "--events", "10000000001"]).is_err());
     assert!(Cli::try_parse_from(["sim", "fan-in", "--seconds", "0"]).is_err());
+    assert!(Cli::try_parse_from(["sim", "fan-in", "--seconds", "3601"]).is_err());
     let ok = Cli::try_parse_from(["sim", "drain", "--events", "1000"]).unwrap();
     assert_eq!(ok.bench.events, Some(EVENTS_MIN));
 }
