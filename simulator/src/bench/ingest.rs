@@ -8,13 +8,14 @@
 //!
 //! Same-run limits: for `ingest-batch`, raw redb appending the same number of records in
 //! durable commits of 1,000 (the store this node is built on, without HTTP or JSON); for
-//! `ingest-single`, the same load generator against a server that answers without
-//! reading (the ceiling of one-event HTTP requests on this machine, generator included).
+//! `ingest-single`, the same load generator against axum answering `201` without parsing or
+//! storing (the node's HTTP stack alone: PERFORMANCE.md's "axum single-request rate"),
+//! with the generator's own ceiling against a bare socket beside it.
 
 use std::time::Duration;
 
 use super::limits;
-use super::load::{self, Judge, LoadReport, Mix, NoopServer, Plan, Workload};
+use super::load::{self, AxumNoop, Judge, LoadReport, Mix, NoopServer, Plan, Workload};
 use super::site::{self, CpuTime, verify};
 use super::{Goal, Options, Row};
 
@@ -171,14 +172,25 @@ async fn limit(
     cluster: &crate::cluster::Cluster,
 ) -> anyhow::Result<(f64, String)> {
     if shape.per_post == 1 {
-        let noop = NoopServer::start().await?;
         let duration = (!options.quick).then(|| options.seconds.map_or(LIMIT_RUN, |s| s.min(LIMIT_RUN)));
         let events = if options.quick { QUICK_EVENTS } else { UNBOUNDED };
         let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
         let workload = Workload { prefix: "noop-".into(), mix: Mix::Site, per_post: 1 };
-        let report: LoadReport =
-            load::run(noop.addr(), &workload, plan, Judge::AnySuccess, "no-op server").await?;
-        return Ok((report.posts_per_sec(), "posts/s of a no-op HTTP server, same generator".into()));
+        let axum = AxumNoop::start()?;
+        let through_axum =
+            load::run(axum.addr(), &workload, plan, Judge::AnySuccess, "axum, no store").await?;
+        drop(axum);
+        let bare = NoopServer::start().await?;
+        let bare: LoadReport =
+            load::run(bare.addr(), &workload, plan, Judge::AnySuccess, "bare socket").await?;
+        return Ok((
+            through_axum.posts_per_sec(),
+            format!(
+                "posts/s of axum answering 201 without parsing or storing (the node's HTTP stack), same \
+                 generator; the generator against a bare socket: {} posts/s",
+                super::number(bare.posts_per_sec())
+            ),
+        ));
     }
     let dir = cluster.dir().to_path_buf();
     let events = if options.quick { QUICK_EVENTS } else { 1_000_000 };

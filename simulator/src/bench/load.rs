@@ -467,6 +467,57 @@ impl Drop for NoopServer {
     }
 }
 
+/// The node's HTTP stack without the node: axum on a runtime of its own (one worker per
+/// core, as the node's), reading each body and answering `201 {}` without parsing or
+/// storing it. What the same generator gets from it is the ceiling of one-event posts
+/// through axum on this machine.
+pub struct AxumNoop {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl AxumNoop {
+    /// Listens on a free loopback port. Callable from async code: the server runs on its
+    /// own runtime, which is shut down without waiting when this is dropped.
+    pub fn start() -> std::io::Result<AxumNoop> {
+        async fn answer(body: axum::body::Body) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let read = axum::body::to_bytes(body, 1 << 20).await;
+            let status = if read.is_ok() { StatusCode::CREATED } else { StatusCode::BAD_REQUEST };
+            (status, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+        }
+        use axum::http::{StatusCode, header};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().thread_name("axum-noop").enable_all().build()?;
+        let app = axum::Router::new().route("/v1/events", axum::routing::post(answer));
+        runtime.spawn(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let _ = axum::serve(listener, app).await;
+                }
+                Err(e) => tracing::warn!("axum no-op server: {e}"),
+            }
+        });
+        Ok(AxumNoop { addr, runtime: Some(runtime) })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AxumNoop {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 async fn serve_noop(mut stream: TcpStream) {
     const ANSWER: &[u8] =
         b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
