@@ -7,7 +7,8 @@
 //! exactly-once check ([`super::site::verify`]).
 //!
 //! Same-run limits: for `ingest-batch`, raw redb appending the same number of records in
-//! durable commits of 1,000 (the store this node is built on, without HTTP or JSON); for
+//! durable commits of 1,000 (the store this node is built on, without HTTP or JSON), with
+//! axum reading the same posts without parsing or storing them beside it; for
 //! `ingest-single`, the same load generator against axum answering `201` without parsing or
 //! storing (the node's HTTP stack alone: PERFORMANCE.md's "axum single-request rate"),
 //! with the generator's own ceiling against a bare socket beside it.
@@ -171,15 +172,16 @@ async fn limit(
     shape: &Shape,
     cluster: &crate::cluster::Cluster,
 ) -> anyhow::Result<(f64, String)> {
+    // The generator against axum answering without parsing or storing: the HTTP stack's
+    // rate for these bodies (PERFORMANCE.md's "axum single-request rate" and "batch rate").
+    let duration = (!options.quick).then(|| options.seconds.map_or(LIMIT_RUN, |s| s.min(LIMIT_RUN)));
+    let events = if options.quick { QUICK_EVENTS } else { UNBOUNDED };
+    let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
+    let workload = Workload { prefix: "noop-".into(), mix: Mix::Site, per_post: shape.per_post };
+    let axum = AxumNoop::start()?;
+    let through_axum = load::run(axum.addr(), &workload, plan, Judge::AnySuccess, "axum, no store").await?;
+    drop(axum);
     if shape.per_post == 1 {
-        let duration = (!options.quick).then(|| options.seconds.map_or(LIMIT_RUN, |s| s.min(LIMIT_RUN)));
-        let events = if options.quick { QUICK_EVENTS } else { UNBOUNDED };
-        let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
-        let workload = Workload { prefix: "noop-".into(), mix: Mix::Site, per_post: 1 };
-        let axum = AxumNoop::start()?;
-        let through_axum =
-            load::run(axum.addr(), &workload, plan, Judge::AnySuccess, "axum, no store").await?;
-        drop(axum);
         let bare = NoopServer::start().await?;
         let bare: LoadReport =
             load::run(bare.addr(), &workload, plan, Judge::AnySuccess, "bare socket").await?;
@@ -202,6 +204,11 @@ async fn limit(
     .await??;
     Ok((
         redb.events_per_sec,
-        format!("raw redb, durable commits of 1,000 records ({:.0} fsync/s of 4 KiB)", fsyncs),
+        format!(
+            "raw redb, durable commits of 1,000 records ({:.0} fsync/s of 4 KiB); axum reading the same \
+             posts without parsing or storing: {} events/s",
+            fsyncs,
+            super::number(through_axum.events_per_sec())
+        ),
     ))
 }
