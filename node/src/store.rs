@@ -4,6 +4,7 @@
 //! | table | key | value | written by |
 //! |---|---|---|---|
 //! | `meta` | `&str` name | `u64` | creation (`format_version`, `epoch`, `created_at_ms`); merge (`inventory_version`); stock checkpoint (`stock_through.<lane>`) |
+//! | `identity` | `&str` name | `&str` | creation, or the first open of an older store (`node_id`); a node with another id is refused ([`StoreError::OtherNode`]) |
 //! | `runs.critical`, `runs.standard`, `runs.bulk` | `u64` seq of a run's first record | a run: consecutive [`Record`]s in their stored form ([`codec`]), each after its length | append (rows of at most 1,000 bytes per group and lane); prune removes or cuts |
 //! | `event_ids` | `&str` event_id | `u64`: lane in the top two bits, seq below | append (in key order); prune removes |
 //! | `lanes` | `u8` lane | `(u64 head, u64 acked, u64 backlog bytes)` | append (head, bytes), ack (acked, bytes) |
@@ -87,6 +88,10 @@ mod run;
 pub use disk::{Failure, Pressure, Quota};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Whose store this is: `node_id`, the node that created it (or first opened it, for a
+/// store written before this table), so that no other node takes over its events and its
+/// inventory actor.
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 /// Each lane's events, by seq.
 const RUNS: PerLane<TableDefinition<u64, &[u8]>> = PerLane([
     TableDefinition::new("runs.critical"),
@@ -188,6 +193,21 @@ pub enum StoreError {
     /// The writer thread is gone (shutdown, or a previous fatal error).
     #[error("store is closed")]
     Closed,
+    /// The store holds another node's events: its streams and inventory actor are keyed
+    /// by that node's id, which a node with another certificate must not take over.
+    #[error(
+        "store at {path} holds the events of node {owner}, but this node is {node} (from its certificate); \
+         start it with {owner}'s certificate, or give {node} a data directory of its own \
+         (events {owner} has not replicated stay in this one)"
+    )]
+    OtherNode {
+        /// The file.
+        path: PathBuf,
+        /// The node the store belongs to.
+        owner: String,
+        /// The node that tried to open it.
+        node: String,
+    },
 }
 
 impl StoreError {
@@ -393,7 +413,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let path = dir.join(STORE_FILE);
         let mut db = open_db(&path)?;
-        let (epoch, migrated) = init_meta(&db, &path, new_epoch)?;
+        let (epoch, migrated) = init_meta(&db, &path, &node_id, new_epoch)?;
         if migrated {
             // The migration rewrote every record and index entry once; what they occupied
             // before is free space inside the file until compacted.
@@ -651,13 +671,16 @@ fn compact_passes(db: &mut Database) -> Result<(), redb::CompactionError> {
 }
 
 /// Creates or checks the store's metadata, migrating an older format; returns the epoch,
-/// and whether the store was migrated.
+/// and whether the store was migrated. A store of another node is refused before anything
+/// is written.
 fn init_meta(
     db: &Database,
     path: &Path,
+    node_id: &NodeId,
     new_epoch: impl FnOnce() -> u64,
 ) -> Result<(Epoch, bool), StoreError> {
     let txn = db.begin_write().db()?;
+    claim(&txn, path, node_id)?;
     let mut migrated = false;
     let epoch = {
         let mut meta = txn.open_table(META).db()?;
@@ -713,6 +736,19 @@ fn init_meta(
     txn.open_table(DIGESTS).db()?;
     txn.commit().db()?;
     Ok((Epoch(epoch), migrated))
+}
+
+/// Records `node_id` as the store's owner, or checks that it is.
+fn claim(txn: &redb::WriteTransaction, path: &Path, node_id: &NodeId) -> Result<(), StoreError> {
+    let mut identity = txn.open_table(IDENTITY).db()?;
+    let owner = identity.get("node_id").db()?.map(|v| v.value().to_owned());
+    match owner {
+        Some(owner) if owner != node_id.as_str() => {
+            Err(StoreError::OtherNode { path: path.to_owned(), owner, node: node_id.to_string() })
+        }
+        Some(_) => Ok(()),
+        None => identity.insert("node_id", node_id.as_str()).map(drop).db(),
+    }
 }
 
 /// Moves format 2's one `events` table into a table per lane, in the transaction that

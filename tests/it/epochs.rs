@@ -8,9 +8,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use simulator::check;
-use simulator::cluster::Cluster;
+use simulator::cluster::{Cluster, REGION};
 use simulator::ledger::{Ledger, LedgerData};
-use simulator::process::TERMINATE_TIMEOUT;
+use simulator::process::{Node, NodeConfig, TERMINATE_TIMEOUT};
 
 use crate::{join_all, scanner_configs, spawn_scanners};
 
@@ -112,4 +112,40 @@ async fn restart_keeps_the_epoch_and_a_wiped_store_gets_a_new_one() {
             assert_eq!(s.watermark, logged, "watermark of {epoch}/{} equals its events in the log", s.lane);
         }
     }
+}
+
+/// A data directory belongs to the node that created it: its streams and inventory actor
+/// are keyed by that node's id, so a node with another certificate is refused, with the
+/// owner's name, and the owner starts on it again with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_certificate_does_not_take_over_a_data_directory() {
+    let mut cluster = Cluster::start(&["store-0001"]).await.unwrap();
+    let ledger = Arc::new(Ledger::new());
+    post_round(&cluster, &ledger, "own", 7).await;
+    cluster.node().terminate(TERMINATE_TIMEOUT).await.unwrap();
+
+    let config = NodeConfig {
+        node_id: "store-0002".into(),
+        data_dir: cluster.node().data_dir().to_owned(),
+        log: cluster.dir().join("store-0002-on-0001.log"),
+        relays: vec![cluster.relay.quic_addr()],
+        ca: cluster.pki.ca.clone(),
+        cert: cluster.pki.node("store-0002", REGION).unwrap(),
+        extra_args: Vec::new(),
+    };
+    let mut intruder = Node::new(&cluster.bins.node, config).unwrap();
+    let refused = intruder.start().await.unwrap_err().to_string();
+    assert!(refused.contains("holds the events of node store-0001"), "{refused}");
+    assert!(refused.contains("but this node is store-0002"), "{refused}");
+
+    cluster.node().start().await.unwrap();
+    post_round(&cluster, &ledger, "after", 8).await;
+    let data = ledger.snapshot();
+    assert_eq!(epochs_of(&data, "own"), epochs_of(&data, "after"), "the owner kept its epoch");
+    let log = cluster.wait_replicated(&data, Duration::from_secs(30)).await.unwrap();
+    let report = check::check(&data, &log);
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.counts.logged, 2 * EVENTS_PER_ROUND);
+    let nodes = cluster.relay.client().nodes().await.unwrap();
+    assert!(nodes.nodes.iter().all(|n| n.node_id == "store-0001"), "nothing under store-0002: {nodes:?}");
 }

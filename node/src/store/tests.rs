@@ -723,3 +723,45 @@ async fn deltas_applied_again_out_of_their_order_still_open_the_store() {
     let store = Store::open(crashed.path(), node(), || panic!("reopened")).unwrap();
     assert_eq!(value(&store, "BIN-1"), i64::MIN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opens_only_for_the_node_that_created_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 42).unwrap();
+    store.append(vec![event("a", Kind::Ship, 1)]).await.unwrap();
+    store.close();
+
+    let other: NodeId = "store-2".parse().unwrap();
+    let refused = Store::open(dir.path(), other, || 7).err().unwrap();
+    match &refused {
+        StoreError::OtherNode { owner, node, .. } => {
+            assert_eq!((owner.as_str(), node.as_str()), ("store-1", "store-2"))
+        }
+        e => panic!("expected OtherNode, got {e}"),
+    }
+    let message = refused.to_string();
+    assert!(message.contains("store-1") && message.contains("certificate"), "{message}");
+
+    let store = Store::open(dir.path(), node(), || 9).unwrap();
+    assert_eq!(store.epoch(), Epoch(42), "the refusal wrote nothing");
+    assert_eq!(store.positions().borrow().get(Lane::Critical).head, 1);
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_an_owner_is_claimed_by_the_first_node_to_open_it() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), node(), || 42).unwrap().close();
+    // A store written before the identity table: no owner recorded.
+    {
+        let db = open_db(&dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(IDENTITY).unwrap();
+        txn.commit().unwrap();
+    }
+    let other: NodeId = "store-2".parse().unwrap();
+    Store::open(dir.path(), other.clone(), || 7).unwrap().close();
+    let refused = Store::open(dir.path(), node(), || 9).err().unwrap();
+    assert!(matches!(refused, StoreError::OtherNode { ref owner, .. } if owner == "store-2"), "{refused}");
+    Store::open(dir.path(), other, || 7).unwrap().close();
+}
