@@ -680,6 +680,13 @@ fn init_meta(
     new_epoch: impl FnOnce() -> u64,
 ) -> Result<(Epoch, bool), StoreError> {
     let txn = db.begin_write().db()?;
+    // A format this build cannot read says so first; then whose store this is.
+    let version = txn.open_table(META).db()?.get("format_version").db()?.map(|v| v.value());
+    if let Some(found) = version
+        && !(2..=FORMAT_VERSION).contains(&found)
+    {
+        return Err(StoreError::FormatVersion { path: path.to_owned(), found });
+    }
     claim(&txn, path, node_id)?;
     let mut migrated = false;
     let epoch = {

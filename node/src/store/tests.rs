@@ -732,7 +732,7 @@ async fn a_store_opens_only_for_the_node_that_created_it() {
     store.close();
 
     let other: NodeId = "store-2".parse().unwrap();
-    let refused = Store::open(dir.path(), other, || 7).err().unwrap();
+    let refused = Store::open(dir.path(), other, || panic!("the store exists: no new epoch")).err().unwrap();
     match &refused {
         StoreError::OtherNode { owner, node, .. } => {
             assert_eq!((owner.as_str(), node.as_str()), ("store-1", "store-2"))
@@ -742,9 +742,17 @@ async fn a_store_opens_only_for_the_node_that_created_it() {
     let message = refused.to_string();
     assert!(message.contains("store-1") && message.contains("certificate"), "{message}");
 
-    let store = Store::open(dir.path(), node(), || 9).unwrap();
-    assert_eq!(store.epoch(), Epoch(42), "the refusal wrote nothing");
-    assert_eq!(store.positions().borrow().get(Lane::Critical).head, 1);
+    let owner = {
+        let db = open_db(&dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let identity = txn.open_table(IDENTITY).unwrap();
+        identity.get("node_id").unwrap().map(|v| v.value().to_owned())
+    };
+    assert_eq!(owner.as_deref(), Some("store-1"), "the refusal claimed nothing");
+
+    let store = Store::open(dir.path(), node(), || panic!("the store exists: no new epoch")).unwrap();
+    assert_eq!(store.epoch(), Epoch(42));
+    assert_eq!(store.positions().borrow().get(Lane::Critical).head, 1, "the owner's events are there");
     store.close();
 }
 

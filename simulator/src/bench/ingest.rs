@@ -32,7 +32,8 @@ const SINGLE_P99_MS: f64 = 10.0;
 /// How long a full run posts, unless `--events` or `--seconds` says otherwise; the target
 /// is judged on runs at least this long.
 const FULL_RUN: Duration = Duration::from_secs(10);
-/// How long the no-op server is driven for `ingest-single`'s limit, at most.
+/// How long each server that answers without storing (axum, and the bare socket for
+/// `ingest-single`) is driven for the limit, at most.
 const LIMIT_RUN: Duration = Duration::from_secs(5);
 /// Events a quick run posts.
 const QUICK_EVENTS: u64 = 20_000;
@@ -177,7 +178,8 @@ async fn limit(
     let duration = (!options.quick).then(|| options.seconds.map_or(LIMIT_RUN, |s| s.min(LIMIT_RUN)));
     let events = if options.quick { QUICK_EVENTS } else { UNBOUNDED };
     let plan = Plan { clients: shape.clients, events, duration, first_event: 0 };
-    let workload = Workload { prefix: "noop-".into(), mix: Mix::Site, per_post: shape.per_post };
+    // The bench's own posts, byte for byte (nothing is stored, so ids cannot collide).
+    let workload = Workload { prefix: format!("{}-", shape.bench), mix: Mix::Site, per_post: shape.per_post };
     let axum = AxumNoop::start()?;
     let through_axum = load::run(axum.addr(), &workload, plan, Judge::AnySuccess, "axum, no store").await?;
     drop(axum);
