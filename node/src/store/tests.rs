@@ -773,3 +773,45 @@ async fn a_store_without_an_owner_is_claimed_by_the_first_node_to_open_it() {
     assert!(matches!(refused, StoreError::OtherNode { ref owner, .. } if owner == "store-2"), "{refused}");
     Store::open(dir.path(), other, || 7).unwrap().close();
 }
+
+/// `stock_through` of the standard lane (receipts) in a copy of the file taken while the
+/// store is open, as a crash would leave it.
+fn stock_through_after_a_crash(dir: &Path) -> u64 {
+    let copy = crash_copy(dir);
+    let db = Database::open(copy.path().join(STORE_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get(*STOCK_THROUGH.get(Lane::Standard)).unwrap().unwrap().value()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_rows_are_written_when_the_keys_behind_reach_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 3).unwrap();
+    let keys = STOCK_LAG_KEYS_MAX as u64;
+    let receipt = |n: u64| at(&format!("r{n}"), Kind::Receive, 1, &format!("BIN-{n}"));
+    store.append((1..keys).map(receipt).collect()).await.unwrap();
+    assert_eq!(stock_through_after_a_crash(dir.path()), 0, "one key short of the bound: no checkpoint");
+    store.append(vec![receipt(keys)]).await.unwrap();
+    assert_eq!(stock_through_after_a_crash(dir.path()), keys, "the group that reached the bound wrote them");
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_rows_are_written_when_the_events_behind_reach_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), node(), || 4).unwrap();
+    let receipt = |n: u64| at(&format!("r{n}"), Kind::Receive, 1, "BIN-1");
+    let short = STOCK_LAG_EVENTS_MAX - 1;
+    let mut first = 1;
+    while first <= short {
+        let end = (first + GROUP_EVENTS_MAX as u64).min(short + 1);
+        store.append((first..end).map(receipt).collect()).await.unwrap();
+        first = end;
+    }
+    assert_eq!(stock_through_after_a_crash(dir.path()), 0, "one event short of the bound: no checkpoint");
+    store.append(vec![receipt(STOCK_LAG_EVENTS_MAX)]).await.unwrap();
+    assert_eq!(stock_through_after_a_crash(dir.path()), STOCK_LAG_EVENTS_MAX);
+    assert_eq!(value(&store, "BIN-1"), STOCK_LAG_EVENTS_MAX as i64);
+    store.close();
+}
