@@ -70,7 +70,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-/// `--events`: a count of at least [`EVENTS_MIN`].
+/// `--events`: a count from [`EVENTS_MIN`] to [`EVENTS_MAX`].
 fn events_arg(arg: &str) -> Result<u64, String> {
     match arg.parse::<u64>() {
         Ok(n) if (EVENTS_MIN..=EVENTS_MAX).contains(&n) => Ok(n),
