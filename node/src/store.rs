@@ -691,7 +691,6 @@ fn init_meta(
     let mut migrated = false;
     let epoch = {
         let mut meta = txn.open_table(META).db()?;
-        let version = meta.get("format_version").db()?.map(|v| v.value());
         match version {
             Some(found @ 2..=4) => {
                 tracing::info!(
@@ -711,9 +710,7 @@ fn init_meta(
                 meta.insert("format_version", FORMAT_VERSION).db()?;
                 tracing::info!(path = %path.display(), events, "store migrated from format {found} to {FORMAT_VERSION}");
             }
-            Some(found) if found != FORMAT_VERSION => {
-                return Err(StoreError::FormatVersion { path: path.to_owned(), found });
-            }
+            // The current format: anything else was refused above.
             Some(_) => {}
             None => {
                 meta.insert("format_version", FORMAT_VERSION).db()?;

@@ -724,6 +724,15 @@ async fn deltas_applied_again_out_of_their_order_still_open_the_store() {
     assert_eq!(value(&store, "BIN-1"), i64::MIN);
 }
 
+/// Changes the file of a closed store in one transaction, as another build or a damaged
+/// file would leave it.
+fn edit_closed(dir: &Path, edit: impl FnOnce(&redb::WriteTransaction)) {
+    let db = open_db(&dir.join(STORE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    edit(&txn);
+    txn.commit().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_opens_only_for_the_node_that_created_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -761,12 +770,9 @@ async fn a_store_without_an_owner_is_claimed_by_the_first_node_to_open_it() {
     let dir = tempfile::tempdir().unwrap();
     Store::open(dir.path(), node(), || 42).unwrap().close();
     // A store written before the identity table: no owner recorded.
-    {
-        let db = open_db(&dir.path().join(STORE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
+    edit_closed(dir.path(), |txn| {
         txn.delete_table(IDENTITY).unwrap();
-        txn.commit().unwrap();
-    }
+    });
     let other: NodeId = "store-2".parse().unwrap();
     Store::open(dir.path(), other.clone(), || 7).unwrap().close();
     let refused = Store::open(dir.path(), node(), || 9).err().unwrap();
@@ -814,4 +820,20 @@ async fn the_stock_rows_are_written_when_the_events_behind_reach_their_bound() {
     assert_eq!(stock_through_after_a_crash(dir.path()), STOCK_LAG_EVENTS_MAX);
     assert_eq!(value(&store, "BIN-1"), STOCK_LAG_EVENTS_MAX as i64);
     store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_this_build_cannot_read_is_refused_before_whose_store_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), node(), || 1).unwrap().close();
+    edit_closed(dir.path(), |txn| {
+        txn.open_table(META).unwrap().insert("format_version", FORMAT_VERSION + 1).unwrap();
+    });
+    for node_id in ["store-1", "store-2"] {
+        let refused = Store::open(dir.path(), node_id.parse().unwrap(), || 2).err().unwrap();
+        assert!(
+            matches!(refused, StoreError::FormatVersion { found, .. } if found == FORMAT_VERSION + 1),
+            "{node_id}: {refused}"
+        );
+    }
 }
