@@ -2,8 +2,10 @@
 //! which each key last changed (so that each node gets only what it has not seen), and
 //! the exceptions (negative merged stock).
 //!
-//! Deltas are applied by the store's writer in the transaction that appends their events
-//! to the log, behind the watermark, so each is applied exactly once ([`crate::store`]).
+//! Deltas are applied by the store's writer with the commit that appends their events to
+//! the log, behind the watermark, so each is applied exactly once; the stock rows that
+//! hold them on disk are written at checkpoints, and opening the store applies the log
+//! after the last one again ([`crate::store`]).
 //! The version of a change is the log's next offset after the commit that made it: a
 //! node that has merged through version `v` needs the keys changed after `v`.
 
@@ -33,6 +35,21 @@ impl RelayInventory {
     /// entries each.
     pub fn changes_since(&self, version: u64) -> Vec<Inventory> {
         self.0.changes_since(version, UPDATE_ENTRIES_MAX)
+    }
+
+    /// The keys changed after `version`, with the version each last changed at.
+    pub fn changed_since(&self, version: u64) -> impl Iterator<Item = (u64, &StockKey)> {
+        self.0.changed_since(version)
+    }
+
+    /// How many keys changed after `version`.
+    pub fn changed_count_since(&self, version: u64) -> usize {
+        self.0.changed_count_since(version)
+    }
+
+    /// How many keys are below zero.
+    pub fn exceptions_count(&self) -> usize {
+        self.0.negative().len()
     }
 
     /// Keys whose merged value is below zero, with their counters.

@@ -4,11 +4,11 @@
 //! # Tables
 //! | table | key | value | written by |
 //! |---|---|---|---|
-//! | `meta` | `&str` name | `u64` | creation (`format_version`, `created_at_ms`) |
+//! | `meta` | `&str` name | `u64` | creation (`format_version`, `created_at_ms`); stock checkpoint (`stock_through`) |
 //! | `log.runs` | `u64` offset of the run's first entry | the run's postcard [`LogEntry`]s, one after another | append, repair |
 //! | `watermarks` | `(&str node_id, u64 epoch, u8 lane)` | `u64` highest seq stored | append |
 //! | `nodes` | `&str` node_id | postcard [`NodeSeen`] | append, hello |
-//! | `stock` | `(&str sku, &str location)` | `(u64 version, postcard one-key Inventory)` | append |
+//! | `stock` | `(&str sku, &str location)` | `(u64 version, postcard one-key Inventory)` | stock checkpoint |
 //! | `digests` | `(&str node_id, u64 epoch, u8 lane, u64 block)` | [`BlockDigest`] bytes, then the first and last log offset of the block's entries | append |
 //!
 //! The consumer log is kept in runs: the entries one append adds (a batch, less what the
@@ -18,8 +18,26 @@
 //! drain`; a run is one insert. Readers find the run holding an offset as the last row
 //! at or before it (`scan_log`).
 //!
-//! The events' inventory deltas are applied to their actor's counters in the same
-//! transaction that appends them to the log: behind the watermark, so exactly once.
+//! The events' inventory deltas are applied to their actor's counters with the commit
+//! that appends them to the log: behind the watermark, so exactly once.
+//!
+//! # Stock checkpoints
+//! The merged inventory is a fold of the log, and the `stock` rows hold it through a log
+//! offset, `stock_through` in `meta`: every delta of the entries below it and none of
+//! those at or after it. Opening the store loads the rows and applies the entries from
+//! `stock_through` on again, so after any crash the inventory equals the fold of the
+//! log. The rows are written at checkpoints, not with every group: a drain's events
+//! move keys all over the table, and writing the row of every key a group moved took a
+//! fifth of the writer's time in `outpost-sim bench drain` and 31 of the 166 bytes it
+//! wrote per event (ARCHITECTURE.md, Performance). A checkpoint writes the row of every
+//! key changed since the last one and moves `stock_through` to the group's end, in the
+//! transaction of a group that:
+//! - brings the entries behind to [`STOCK_LAG_ENTRIES_MAX`] or the keys behind to
+//!   [`STOCK_LAG_KEYS_MAX`], which bounds what opening applies again and what one
+//!   checkpoint writes;
+//! - repairs (the entries it adds were counted when they first arrived, so applying
+//!   them again would count them twice);
+//! - or closes the store, so that a clean start applies nothing.
 //!
 //! # Commit points
 //! An append and the new watermark of its `(node_id, epoch, lane)` are one write
@@ -35,6 +53,7 @@
 //! refused. A watermark therefore never moves backwards and the log never holds a seq
 //! twice.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -47,7 +66,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sync_protocol::inventory::{Actor, Inventory};
+use sync_protocol::inventory::{Actor, Delta, Inventory, InventoryError, StockKey};
 use sync_protocol::{Epoch, Lane, NodeId, NodeIdentity, PerLane, Record, Region, Repaired, Seq};
 
 use crate::inventory::RelayInventory;
@@ -58,9 +77,11 @@ pub const STORE_FILE: &str = "relay.redb";
 /// On-disk format; a store of another version is refused rather than misread.
 /// 2: stock rows in the canonical inventory encoding (actors listed once per row).
 /// 3: the log in runs of entries (`log.runs`) instead of a row per entry (`log`).
+/// 4: the stock rows written at checkpoints (`stock_through`): a relay that read them
+/// as current would miss the deltas of the log after them.
 ///
-/// A store of format 2 is migrated on open.
-pub const FORMAT_VERSION: u64 = 3;
+/// A store of format 2 or 3 is migrated on open.
+pub const FORMAT_VERSION: u64 = 4;
 /// Most commands the writer puts in one transaction. Many nodes each sending a few
 /// events at a time (`fan-in`) need groups of hundreds of batches, or the relay spends
 /// its time in commits: every commit rewrites the pages of the watermarks, digests and
@@ -76,7 +97,18 @@ pub const GROUP_EVENTS_MAX: usize = 16_384;
 /// from.
 pub const QUEUE_COMMANDS_MAX: usize = 1024;
 
+/// Log entries after the last stock checkpoint at which the group that reaches them
+/// writes one: opening the store applies at most about this many again (tens of
+/// milliseconds).
+pub const STOCK_LAG_ENTRIES_MAX: u64 = 65_536;
+/// Keys changed since the last stock checkpoint at which the group that reaches them
+/// writes one: it bounds the rows one checkpoint writes, and so how long its commit
+/// keeps a shipment waiting.
+pub const STOCK_LAG_KEYS_MAX: usize = 16_384;
+
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Where `meta` records the log offset through which the stock rows hold the deltas.
+const STOCK_THROUGH: &str = "stock_through";
 /// The consumer log, in runs of entries (module doc).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log.runs");
 /// Format 2's log, an entry per row: read once to migrate a store.
@@ -397,7 +429,8 @@ impl Store {
         let database = Database::create(&path).map_err(db)?;
         init_meta(&database, &path)?;
         let next = load_next_offset(&database)?;
-        let inventory = Arc::new(RwLock::new(load_inventory(&database)?));
+        let (inventory, stock_through) = load_inventory(&database, next)?;
+        let inventory = Arc::new(RwLock::new(inventory));
         let database = Arc::new(database);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let (next_tx, next_offset) = watch::channel(next);
@@ -407,6 +440,7 @@ impl Store {
             next_offset: next_tx,
             stats: stats.clone(),
             inventory: inventory.clone(),
+            stock_through: Cell::new(stock_through),
         };
         let handle = std::thread::Builder::new()
             .name("relay-store-writer".into())
@@ -571,10 +605,15 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
         let mut meta = txn.open_table(META).map_err(db)?;
         let version = meta.get("format_version").map_err(db)?.map(|v| v.value());
         match version {
-            Some(2) => {
-                let runs = migrate_log_from_v2(&txn)?;
+            Some(found @ (2 | 3)) => {
+                if found == 2 {
+                    let runs = migrate_log_from_v2(&txn)?;
+                    tracing::info!(runs, "store migrated from format 2: the log is kept in runs of entries");
+                }
+                // Until format 4 every commit wrote its rows: they hold the whole log.
+                let next = next_offset_of(&txn.open_table(LOG).map_err(db)?)?;
+                meta.insert(STOCK_THROUGH, next).map_err(db)?;
                 meta.insert("format_version", FORMAT_VERSION).map_err(db)?;
-                tracing::info!(runs, "store migrated from format 2: the log is kept in runs of entries");
             }
             Some(found) if found != FORMAT_VERSION => {
                 return Err(StoreError::FormatVersion { path: path.to_owned(), found });
@@ -583,6 +622,7 @@ fn init_meta(database: &Database, path: &Path) -> Result<(), StoreError> {
             None => {
                 meta.insert("format_version", FORMAT_VERSION).map_err(db)?;
                 meta.insert("created_at_ms", now_ms()).map_err(db)?;
+                meta.insert(STOCK_THROUGH, 0).map_err(db)?;
             }
         }
     }
@@ -743,7 +783,10 @@ fn scan_log(
     Ok(())
 }
 
-fn load_inventory(database: &Database) -> Result<RelayInventory, StoreError> {
+/// The merged inventory of a log that ends before `next`: the stock rows, and the
+/// deltas of the entries from `stock_through` on applied again (module doc, "Stock
+/// checkpoints"), at version `next`. Returns it with `stock_through`.
+fn load_inventory(database: &Database, next: u64) -> Result<(RelayInventory, u64), StoreError> {
     let txn = database.begin_read().map_err(db)?;
     let table = txn.open_table(STOCK).map_err(db)?;
     let mut inventory = RelayInventory::default();
@@ -758,7 +801,85 @@ fn load_inventory(database: &Database) -> Result<RelayInventory, StoreError> {
             tracing::warn!(%key, value, "negative merged stock");
         }
     }
-    Ok(inventory)
+    let through = txn.open_table(META).map_err(db)?.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value());
+    let through = through
+        .ok_or_else(|| StoreError::Corrupt { what: "meta".into(), reason: format!("no {STOCK_THROUGH}") })?;
+    if through < next {
+        let mut changed = Inventory::new();
+        let mut failed = None;
+        scan_log(&txn.open_table(LOG).map_err(db)?, through..=next - 1, |offset, entry, _| {
+            let actor = Actor { node_id: entry.node_id, epoch: entry.epoch };
+            for delta in &entry.record.deltas {
+                if let Err(e) = apply_delta(&mut changed, inventory.merged(), &actor, delta) {
+                    failed = Some(StoreError::Corrupt {
+                        what: format!("log entry {offset}"),
+                        reason: format!("inventory of {actor}: {e}"),
+                    });
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (key, value) in inventory.commit(&changed, next) {
+            tracing::warn!(%key, value, "negative merged stock");
+        }
+        tracing::info!(
+            from = through,
+            entries = next - through,
+            "applied the log after the stock checkpoint"
+        );
+    }
+    Ok((inventory, through))
+}
+
+/// Applies `actor`'s delta to `changed`, the keys a group moves over `merged`: a key's
+/// state comes over from `merged` the first time the group moves it, so `changed` holds
+/// the whole new state of every key it has.
+fn apply_delta(
+    changed: &mut Inventory,
+    merged: &Inventory,
+    actor: &Actor,
+    delta: &Delta,
+) -> Result<(), InventoryError> {
+    if changed.stock(&delta.key).is_none() {
+        changed.merge_key(merged, &delta.key);
+    }
+    changed.apply(actor, delta)
+}
+
+/// Writes a stock checkpoint in `txn`: the row of every key changed since `since`, with
+/// `changed`'s state at `version` for the keys it holds and `replica`'s for the rest,
+/// and `version` as the new `stock_through`. Returns the rows written.
+fn write_checkpoint(
+    txn: &redb::WriteTransaction,
+    replica: &RelayInventory,
+    since: u64,
+    changed: &Inventory,
+    version: u64,
+) -> Result<usize, StoreError> {
+    let mut stock = txn.open_table(STOCK).map_err(db)?;
+    let mut row = |key: &StockKey, at: u64, of: &Inventory| {
+        let bytes =
+            postcard::to_allocvec(&of.key_row(key)).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+        stock.insert((key.sku.as_str(), key.location.as_str()), (at, bytes.as_slice())).map_err(db)?;
+        Ok::<_, StoreError>(())
+    };
+    let mut rows = 0;
+    for (key, _) in changed.iter() {
+        row(key, version, changed)?;
+        rows += 1;
+    }
+    for (at, key) in replica.changed_since(since) {
+        if changed.stock(key).is_none() {
+            row(key, at, replica.merged())?;
+            rows += 1;
+        }
+    }
+    txn.open_table(META).map_err(db)?.insert(STOCK_THROUGH, version).map_err(db)?;
+    Ok(rows)
 }
 
 /// Commits a writer transaction, with an fsync if `durable`. Each commit records redb's
@@ -780,6 +901,8 @@ struct Writer {
     next_offset: watch::Sender<u64>,
     stats: Arc<WriterStats>,
     inventory: Arc<RwLock<RelayInventory>>,
+    /// The log offset through which the stock rows hold the deltas (module doc).
+    stock_through: Cell<u64>,
 }
 
 /// Where to answer one append of a group.
@@ -839,15 +962,18 @@ impl Writer {
         let start = *self.next_offset.borrow();
         let mut next = start;
         let mut changed = Inventory::new();
-        match self.apply(&seen, appends, &mut next, &mut changed) {
-            Ok(results) => {
+        match self.apply(&seen, &appends, &mut next, &mut changed, close) {
+            Ok((results, checkpointed)) => {
+                if checkpointed {
+                    self.stock_through.set(next);
+                }
                 if !changed.is_empty() {
                     let mut inventory = self.inventory.write().unwrap_or_else(PoisonError::into_inner);
                     for (key, value) in inventory.commit(&changed, next) {
                         tracing::warn!(%key, value, "negative merged stock: listed in /v1/exceptions");
                         self.stats.exceptions_raised.inc();
                     }
-                    self.stats.exceptions.set(inventory.exceptions().count() as i64);
+                    self.stats.exceptions.set(inventory.exceptions_count() as i64);
                 }
                 if next > start {
                     self.stats.commits.inc();
@@ -977,8 +1103,17 @@ impl Writer {
                 }
             }
         }
+        // The entries added were counted when they first arrived: the checkpoint puts them
+        // below `stock_through`, where opening the store does not apply them again.
+        if outcome.inserted > 0 {
+            let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
+            write_checkpoint(&txn, &replica, self.stock_through.get(), &Inventory::new(), *next)?;
+        }
         // A repair that added nothing wrote nothing, and is not worth an fsync.
         commit(txn, outcome.inserted > 0)?;
+        if outcome.inserted > 0 {
+            self.stock_through.set(*next);
+        }
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(
                 node,
@@ -994,15 +1129,18 @@ impl Writer {
     }
 
     /// Applies a group in one transaction: one result per append, meaningful only if the
-    /// whole transaction commits. `next` is the log's next offset, advanced per entry;
-    /// `changed` collects the whole new state of every inventory key the group moved.
+    /// whole transaction commits, and whether it wrote a stock checkpoint (through the
+    /// new `next`). `next` is the log's next offset, advanced per entry; `changed`
+    /// collects the whole new state of every inventory key the group moved. A group that
+    /// `closes` the store checkpoints whatever lags.
     fn apply(
         &self,
         seen: &[NodeIdentity],
-        appends: Vec<(Append, Entries)>,
+        appends: &[(Append, Entries)],
         next: &mut u64,
         changed: &mut Inventory,
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        closes: bool,
+    ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let txn = self.db.begin_write().map_err(db)?;
         let start = *next;
@@ -1024,6 +1162,7 @@ impl Writer {
                 nodes.insert(node.node_id.as_str(), bytes.as_slice()).map_err(db)?;
             }
             for (Append { node, epoch, lane, first_seq, records }, entries) in appends {
+                let (epoch, lane) = (*epoch, *lane);
                 let key = (node.node_id.as_str(), epoch.0, lane as u8);
                 let watermark = marks.get(key).map_err(db)?.map_or(0, |v| v.value());
                 if first_seq.get() > watermark + 1 {
@@ -1041,13 +1180,10 @@ impl Writer {
                 for (i, record) in records.iter().enumerate() {
                     if seq > watermark {
                         for delta in &record.deltas {
-                            if changed.stock(&delta.key).is_none() {
-                                changed.merge_key(replica.merged(), &delta.key);
-                            }
                             // The node applied the same delta to the same counter, and the
                             // decoder bounded it, so this cannot fail. If it ever does, the
                             // group is not committed rather than logged without its delta.
-                            changed.apply(&actor, delta).map_err(|e| {
+                            apply_delta(changed, replica.merged(), &actor, delta).map_err(|e| {
                                 StoreError::CommitFailed(format!("inventory of {actor}: {e}"))
                             })?;
                         }
@@ -1090,18 +1226,17 @@ impl Writer {
                 digest.merge(&added);
                 stored.insert(key, digest.to_bytes().as_slice()).map_err(db)?;
             }
-            let mut stock = txn.open_table(STOCK).map_err(db)?;
-            for (key, _) in changed.iter() {
-                let row = postcard::to_allocvec(&changed.key_row(key))
-                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                stock
-                    .insert((key.sku.as_str(), key.location.as_str()), (*next, row.as_slice()))
-                    .map_err(db)?;
-            }
+        }
+        let since = self.stock_through.get();
+        let lagging_keys = replica.changed_count_since(since) + changed.len();
+        let checkpoint = *next > since
+            && (closes || *next - since >= STOCK_LAG_ENTRIES_MAX || lagging_keys >= STOCK_LAG_KEYS_MAX);
+        if checkpoint {
+            write_checkpoint(&txn, &replica, since, changed, *next)?;
         }
         // A group of hellos only is not worth an fsync; it rides with the next append.
-        commit(txn, *next > start)?;
-        Ok(results)
+        commit(txn, *next > start || checkpoint)?;
+        Ok((results, checkpoint))
     }
 }
 
@@ -1109,8 +1244,9 @@ impl Writer {
 /// `seqs`, with their part of the block digests, and leaves the watermark where it is: a
 /// relay that lost records it had acknowledged, as a faulty disk or a bug would leave it.
 /// Returns how many entries went. The log's last entry stays, so that the next offset,
-/// which the relay derives from it, is never handed out twice. The relay must be
-/// stopped. For fault-injection tests of reconciliation only.
+/// which the relay derives from it, is never handed out twice. The relay must have
+/// been closed cleanly, so that its stock rows hold the whole log. For fault-injection
+/// tests of reconciliation only.
 #[cfg(feature = "fault-injection")]
 pub fn lose_records(
     dir: &Path,
@@ -1125,7 +1261,16 @@ pub fn lose_records(
     {
         let mut log = txn.open_table(LOG).map_err(db)?;
         let mut digests = txn.open_table(DIGESTS).map_err(db)?;
-        let last_offset = next_offset_of(&log)?.checked_sub(1);
+        let next = next_offset_of(&log)?;
+        // Entries lost after the stock checkpoint would take their deltas with them when
+        // the relay applies the log again: this models lost records, not lost stock.
+        let through = txn.open_table(META).map_err(db)?.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value());
+        if through != Some(next) {
+            return Err(StoreError::CommitFailed(format!(
+                "the stock rows hold the log through {through:?}, not its end {next}: close the relay cleanly first"
+            )));
+        }
+        let last_offset = next.checked_sub(1);
         let mut doomed = BTreeSet::new();
         for block in block_of(*seqs.start())..=block_of(*seqs.end()) {
             let key = (node_id.as_str(), epoch.0, lane as u8, block);

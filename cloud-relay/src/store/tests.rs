@@ -30,6 +30,11 @@ fn records(first: u64, n: u64) -> Vec<Record> {
         .collect()
 }
 
+/// `records` of `id`'s stream `(epoch, lane)` from seq `first`.
+fn batch(id: &str, epoch: u64, lane: Lane, first: u64, records: Vec<Record>) -> Append {
+    Append { node: node(id), epoch: Epoch(epoch), lane, first_seq: Seq::new(first).unwrap(), records }
+}
+
 /// Appends and waits for the outcome.
 async fn append(
     store: &Store,
@@ -40,9 +45,7 @@ async fn append(
     n: u64,
 ) -> Result<(), StoreError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let first_seq = Seq::new(first).unwrap();
-    let batch = Append { node: node(id), epoch: Epoch(epoch), lane, first_seq, records: records(first, n) };
-    store.append(batch, tx).await.unwrap();
+    store.append(batch(id, epoch, lane, first, records(first, n)), tx).await.unwrap();
     let done = rx.recv().await.unwrap();
     assert_eq!(done.through.get(), first + n - 1);
     done.result
@@ -281,13 +284,7 @@ async fn a_repair_adds_nothing_held_nothing_ahead_and_survives_a_hostile_range()
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     append(&store, "n1", 7, Lane::Bulk, 1, 4).await.unwrap();
-    let repair = |first: u64, recs: Vec<Record>| Append {
-        node: node("n1"),
-        epoch: Epoch(7),
-        lane: Lane::Bulk,
-        first_seq: Seq::new(first).unwrap(),
-        records: recs,
-    };
+    let repair = |first: u64, recs: Vec<Record>| batch("n1", 7, Lane::Bulk, first, recs);
     // Seqs 3-6: 3 and 4 are held byte for byte, 5 and 6 are past the watermark.
     let done = store.repair(repair(3, records(3, 4))).await.unwrap();
     assert_eq!((done.count, done.present, done.inserted, done.beyond_watermark), (4, 2, 0, 2));
@@ -317,8 +314,7 @@ fn a_log_entry_encodes_as_derived_with_its_record_as_the_tail() {
 /// A queued command, labelled by node, lane and first seq.
 fn queued(id: &str, lane: Lane, first: u64, n: u64) -> Command {
     let (tx, _) = mpsc::unbounded_channel();
-    let first_seq = Seq::new(first).unwrap();
-    let batch = Append { node: node(id), epoch: Epoch(1), lane, first_seq, records: records(first, n) };
+    let batch = batch(id, 1, lane, first, records(first, n));
     let entries = Entries::of(&batch).unwrap();
     Command::Append(batch, entries, tx)
 }
@@ -369,14 +365,7 @@ fn a_group_stops_at_its_event_bound_and_at_a_close() {
 
 #[test]
 fn a_batch_is_prepared_as_its_log_entries_and_their_digests() {
-    let first_seq = Seq::new(41).unwrap();
-    let batch = Append {
-        node: node("n1"),
-        epoch: Epoch(7),
-        lane: Lane::Standard,
-        first_seq,
-        records: records(41, 3),
-    };
+    let batch = batch("n1", 7, Lane::Standard, 41, records(41, 3));
     let entries = Entries::of(&batch).unwrap();
     for (i, record) in batch.records.iter().enumerate() {
         let seq = 41 + i as u64;
@@ -425,4 +414,174 @@ fn insert_runs_cuts_before_the_entry_that_would_overflow_and_keeps_a_long_one_al
         assert_eq!(rows, expected, "sizes {sizes:?}");
         txn.abort().unwrap();
     }
+}
+
+/// Stops the writer without a close, as a crash would: nothing queued after the last
+/// commit is written, and no checkpoint.
+fn crash(store: Store) {
+    let writer = store.writer.lock().unwrap().take().unwrap();
+    drop(store);
+    writer.join().unwrap();
+}
+
+/// `stock_through` and the stock rows of a closed store, as `(sku, version, value)`.
+fn stock_on_disk(dir: &Path) -> (u64, Vec<(String, u64, i64)>) {
+    let database = Database::open(dir.join(STORE_FILE)).unwrap();
+    let txn = database.begin_read().unwrap();
+    let through = txn.open_table(META).unwrap().get(STOCK_THROUGH).unwrap().unwrap().value();
+    let rows = txn.open_table(STOCK).unwrap();
+    let rows = rows
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (key, value) = row.unwrap();
+            let (version, bytes) = value.value();
+            let stock: Inventory = postcard::from_bytes(bytes).unwrap();
+            let (sku, location) = key.value();
+            let key = StockKey { sku: sku.parse().unwrap(), location: location.parse().unwrap() };
+            (sku.to_owned(), version, stock.value(&key).unwrap())
+        })
+        .collect();
+    (through, rows)
+}
+
+#[tokio::test]
+async fn the_stock_rows_wait_for_a_checkpoint_and_a_crash_applies_the_log_after_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Bulk, 1, 5).await.unwrap();
+    append(&store, "n2", 1, Lane::Bulk, 1, 2).await.unwrap();
+    assert_eq!(stock(&store), -7);
+    crash(store);
+    assert_eq!(stock_on_disk(dir.path()), (0, vec![]), "no group reached a bound: no rows yet");
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -7, "the log after the checkpoint is applied again, once");
+    let changed = store.with_inventory(|inv| inv.changes_since(6).len());
+    assert_eq!(changed, 1, "at the log's end: a node that merged before the crash gets it again");
+    assert!(store.with_inventory(|inv| inv.changes_since(7).is_empty()));
+    // Exactly once across the crash: seqs 1-5 are behind the watermark.
+    append(&store, "n1", 7, Lane::Bulk, 1, 6).await.unwrap();
+    assert_eq!(stock(&store), -8);
+    store.close().await;
+    assert_eq!(stock_on_disk(dir.path()), (8, vec![("SKU-1".into(), 8, -8)]), "a close checkpoints");
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -8);
+    // A close with nothing behind writes nothing more.
+    store.close().await;
+    assert_eq!(stock_on_disk(dir.path()).0, 8);
+}
+
+/// `n` records from seq `first`, each moving a key of its own: `SKU-K` for `K` from
+/// `100000 + key` on, apart from [`stock_key`].
+fn records_of_keys(first: u64, key: u64, n: u64) -> Vec<Record> {
+    let location = stock_key().location;
+    (0..n)
+        .map(|i| {
+            let sku: sync_protocol::Sku = format!("SKU-{}", 100_000 + key + i).parse().unwrap();
+            let delta = Delta { key: StockKey { sku: sku.clone(), location: location.clone() }, change: 1 };
+            Record {
+                received_at_ms: 1_000,
+                deltas: vec![delta],
+                event: Event::new(
+                    format!("e{}", first + i).parse().unwrap(),
+                    Kind::Receive,
+                    sku,
+                    location.clone(),
+                    1,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// Appends `records` as batches of at most 4,096 from seq `first` of `n1`'s bulk lane.
+async fn append_all(store: &Store, first: u64, records: Vec<Record>) {
+    for (i, chunk) in records.chunks(4_096).enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let first = first + i as u64 * 4_096;
+        store.append(batch("n1", 1, Lane::Bulk, first, chunk.to_vec()), tx).await.unwrap();
+        rx.recv().await.unwrap().result.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_comes_with_the_group_that_brings_the_entries_or_keys_behind_to_their_bound() {
+    let entries = STOCK_LAG_ENTRIES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // One key: only the entries' bound applies.
+    append_all(&store, 1, records(1, entries - 1)).await;
+    crash(store);
+    assert_eq!(stock_on_disk(dir.path()), (0, vec![]), "one entry short of the bound");
+    let store = Store::open(dir.path()).unwrap();
+    append_all(&store, entries, records(entries, 1)).await;
+    crash(store);
+    let expected = -(entries as i64);
+    assert_eq!(stock_on_disk(dir.path()), (entries, vec![("SKU-1".into(), entries, expected)]));
+
+    // A key each: the keys' bound comes first.
+    let keys = STOCK_LAG_KEYS_MAX as u64;
+    let store = Store::open(dir.path()).unwrap();
+    append_all(&store, entries + 1, records_of_keys(entries + 1, 0, keys - 1)).await;
+    crash(store);
+    assert_eq!(stock_on_disk(dir.path()).0, entries, "one key short of the bound");
+    let store = Store::open(dir.path()).unwrap();
+    append_all(&store, entries + keys, records_of_keys(entries + keys, keys - 1, 1)).await;
+    crash(store);
+    let (through, rows) = stock_on_disk(dir.path());
+    assert_eq!((through, rows.len() as u64), (entries + keys, keys + 1));
+    assert!(rows.iter().filter(|(sku, ..)| sku != "SKU-1").all(|&(_, _, value)| value == 1), "{rows:?}");
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+async fn a_repair_checkpoints_so_that_its_entries_are_not_counted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Bulk, 1, 4).await.unwrap();
+    crash(store);
+    let refused = lose_records(dir.path(), &node("n1").node_id, Epoch(7), Lane::Bulk, 2..=2);
+    assert!(
+        matches!(&refused, Err(StoreError::CommitFailed(m)) if m.contains("close the relay cleanly")),
+        "{refused:?}"
+    );
+    Store::open(dir.path()).unwrap().close().await;
+    assert_eq!(lose_records(dir.path(), &node("n1").node_id, Epoch(7), Lane::Bulk, 2..=2).unwrap(), 1);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -4, "the stock rows kept the lost record's delta");
+    let done = store.repair(batch("n1", 7, Lane::Bulk, 1, records(1, 4))).await.unwrap();
+    assert_eq!((done.inserted, done.present), (1, 3));
+    assert_eq!(stock(&store), -4, "a repair moves no stock");
+    crash(store);
+    assert_eq!(stock_on_disk(dir.path()).0, 5, "the repaired entry is behind the checkpoint");
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -4, "and opening does not count it again");
+}
+
+#[tokio::test]
+async fn a_store_of_format_3_holds_its_whole_log_in_its_stock_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Bulk, 1, 3).await.unwrap();
+    store.close().await;
+    {
+        // Format 3 wrote the rows with every commit and had no `stock_through`.
+        let database = Database::open(dir.path().join(STORE_FILE)).unwrap();
+        let txn = database.begin_write().unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format_version", 3).unwrap();
+        meta.remove(STOCK_THROUGH).unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(stock(&store), -3, "nothing applied twice");
+    crash(store);
+    assert_eq!(stock_on_disk(dir.path()), (3, vec![("SKU-1".into(), 3, -3)]));
+    let database = Database::open(dir.path().join(STORE_FILE)).unwrap();
+    let txn = database.begin_read().unwrap();
+    assert_eq!(txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value(), FORMAT_VERSION);
 }

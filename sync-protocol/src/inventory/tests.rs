@@ -119,6 +119,33 @@ fn overflow_is_refused_not_wrapped() {
     assert!(inv.value(&k).is_err());
 }
 
+#[test]
+fn the_keys_changed_since_a_version_are_those_whose_last_change_is_later() {
+    let mut versioned = VersionedInventory::default();
+    let a = actor("n1", 1);
+    let commit = |versioned: &mut VersionedInventory, keys: &[&str], version: u64| {
+        let mut changed = Inventory::new();
+        for k in keys {
+            changed.apply(&a, &Delta { key: key(k, "A1"), change: 1 }).unwrap();
+        }
+        versioned.commit(&changed, version);
+    };
+    commit(&mut versioned, &["SKU-1", "SKU-2", "SKU-3"], 10);
+    commit(&mut versioned, &["SKU-2"], 20);
+    commit(&mut versioned, &["SKU-4", "SKU-1"], 30);
+    let since =
+        |v: u64| versioned.changed_since(v).map(|(at, k)| (at, k.sku.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        since(0),
+        [(10, "SKU-3".into()), (20, "SKU-2".into()), (30, "SKU-1".into()), (30, "SKU-4".into())]
+    );
+    assert_eq!(since(20), [(30, "SKU-1".to_owned()), (30, "SKU-4".into())], "a version is exclusive");
+    assert_eq!(since(30), []);
+    for v in [0, 10, 19, 20, 30] {
+        assert_eq!(versioned.changed_count_since(v), since(v).len(), "since {v}");
+    }
+}
+
 /// One actor's stream of deltas over a few keys.
 fn actor_deltas() -> impl Strategy<Value = Vec<(usize, i64)>> {
     prop::collection::vec((0usize..4, -50i64..50), 0..20)

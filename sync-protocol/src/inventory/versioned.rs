@@ -72,6 +72,19 @@ impl VersionedInventory {
         chunks
     }
 
+    /// The keys changed after `version`, each with the version it last changed at, in
+    /// the order of those versions.
+    pub fn changed_since(&self, version: u64) -> impl Iterator<Item = (u64, &StockKey)> {
+        let later = self.by_version.range(version.saturating_add(1)..);
+        later.flat_map(|(&at, keys)| keys.iter().map(move |key| (at, key)))
+    }
+
+    /// How many keys changed after `version`: a sum over the versions since, not a walk
+    /// over the keys.
+    pub fn changed_count_since(&self, version: u64) -> usize {
+        self.by_version.range(version.saturating_add(1)..).map(|(_, keys)| keys.len()).sum()
+    }
+
     /// The keys whose merged value is below zero now.
     pub fn negative(&self) -> &BTreeSet<StockKey> {
         &self.negative
