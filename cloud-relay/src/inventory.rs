@@ -42,6 +42,11 @@ impl RelayInventory {
         self.0.changed_since(version)
     }
 
+    /// The version at which `key` last changed, if it ever did.
+    pub fn changed_at(&self, key: &StockKey) -> Option<u64> {
+        self.0.changed_at(key)
+    }
+
     /// How many keys changed after `version`.
     pub fn changed_count_since(&self, version: u64) -> usize {
         self.0.changed_count_since(version)

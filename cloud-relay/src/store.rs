@@ -32,11 +32,11 @@
 //! wrote per event (ARCHITECTURE.md, Performance). A checkpoint writes the row of every
 //! key changed since the last one and moves `stock_through` to the group's end, in the
 //! transaction of a group that:
-//! - brings the entries behind to [`STOCK_LAG_ENTRIES_MAX`] or the keys behind to
-//!   [`STOCK_LAG_KEYS_MAX`], which bounds what opening applies again and what one
-//!   checkpoint writes;
-//! - repairs (the entries it adds were counted when they first arrived, so applying
-//!   them again would count them twice);
+//! - puts the entries behind at or past [`STOCK_LAG_ENTRIES_MAX`] or the keys behind
+//!   at or past [`STOCK_LAG_KEYS_MAX`], which bounds what opening applies again and
+//!   what one checkpoint writes;
+//! - repairs, if it adds entries (they were counted when they first arrived, so
+//!   applying them again would count them twice);
 //! - or closes the store, so that a clean start applies nothing.
 //!
 //! # Commit points
@@ -430,17 +430,20 @@ impl Store {
         init_meta(&database, &path)?;
         let next = load_next_offset(&database)?;
         let (inventory, stock_through) = load_inventory(&database, next)?;
+        let lagging_keys = inventory.changed_count_since(stock_through);
+        let stats = Arc::new(WriterStats::default());
+        stats.exceptions.set(inventory.exceptions_count() as i64);
         let inventory = Arc::new(RwLock::new(inventory));
         let database = Arc::new(database);
         let (commands, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
         let (next_tx, next_offset) = watch::channel(next);
-        let stats = Arc::new(WriterStats::default());
         let writer = Writer {
             db: database.clone(),
             next_offset: next_tx,
             stats: stats.clone(),
             inventory: inventory.clone(),
             stock_through: Cell::new(stock_through),
+            lagging_keys: Cell::new(lagging_keys),
         };
         let handle = std::thread::Builder::new()
             .name("relay-store-writer".into())
@@ -466,7 +469,10 @@ impl Store {
     /// here: each one at or below the stream's watermark that the log lacks is appended
     /// (with its digest), one already held is counted as present or differing (and left
     /// as it is), one past the watermark is left to normal replication. Inventory and
-    /// watermarks do not move: they counted these records when they first arrived.
+    /// watermarks do not move: they counted these records when they first arrived. (A
+    /// record lost from the log after the last stock checkpoint took its delta with it
+    /// when the relay next opened the store, which applies that part of the log again; a
+    /// repair does not bring the delta back.)
     pub async fn repair(&self, records: Append) -> Result<Repaired, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Repair(records, reply)).await.map_err(|_| StoreError::Closed)?;
@@ -804,6 +810,10 @@ fn load_inventory(database: &Database, next: u64) -> Result<(RelayInventory, u64
     let through = txn.open_table(META).map_err(db)?.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value());
     let through = through
         .ok_or_else(|| StoreError::Corrupt { what: "meta".into(), reason: format!("no {STOCK_THROUGH}") })?;
+    if through > next {
+        let reason = format!("{STOCK_THROUGH} {through} is past the log's end {next}");
+        return Err(StoreError::Corrupt { what: "meta".into(), reason });
+    }
     if through < next {
         let mut changed = Inventory::new();
         let mut failed = None;
@@ -903,6 +913,8 @@ struct Writer {
     inventory: Arc<RwLock<RelayInventory>>,
     /// The log offset through which the stock rows hold the deltas (module doc).
     stock_through: Cell<u64>,
+    /// Keys changed since that checkpoint, whose rows the next one writes.
+    lagging_keys: Cell<usize>,
 }
 
 /// Where to answer one append of a group.
@@ -1113,6 +1125,7 @@ impl Writer {
         commit(txn, outcome.inserted > 0)?;
         if outcome.inserted > 0 {
             self.stock_through.set(*next);
+            self.lagging_keys.set(0);
         }
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(
@@ -1228,7 +1241,10 @@ impl Writer {
             }
         }
         let since = self.stock_through.get();
-        let lagging_keys = replica.changed_count_since(since) + changed.len();
+        // The keys behind: those already behind, and those this group moves for the first
+        // time since the checkpoint.
+        let newly = changed.iter().filter(|(key, _)| replica.changed_at(key).is_none_or(|at| at <= since));
+        let lagging_keys = self.lagging_keys.get() + newly.count();
         let checkpoint = *next > since
             && (closes || *next - since >= STOCK_LAG_ENTRIES_MAX || lagging_keys >= STOCK_LAG_KEYS_MAX);
         if checkpoint {
@@ -1236,6 +1252,7 @@ impl Writer {
         }
         // A group of hellos only is not worth an fsync; it rides with the next append.
         commit(txn, *next > start || checkpoint)?;
+        self.lagging_keys.set(if checkpoint { 0 } else { lagging_keys });
         Ok((results, checkpoint))
     }
 }

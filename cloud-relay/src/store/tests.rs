@@ -44,10 +44,16 @@ async fn append(
     first: u64,
     n: u64,
 ) -> Result<(), StoreError> {
+    append_batch(store, batch(id, epoch, lane, first, records(first, n))).await
+}
+
+/// Appends `batch` and waits for the outcome.
+async fn append_batch(store: &Store, batch: Append) -> Result<(), StoreError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    store.append(batch(id, epoch, lane, first, records(first, n)), tx).await.unwrap();
+    let through = batch.first_seq.get() + batch.records.len() as u64 - 1;
+    store.append(batch, tx).await.unwrap();
     let done = rx.recv().await.unwrap();
-    assert_eq!(done.through.get(), first + n - 1);
+    assert_eq!(done.through.get(), through);
     done.result
 }
 
@@ -234,6 +240,8 @@ async fn a_log_of_format_2_is_migrated_into_runs_with_every_entry_at_its_offset(
     assert!(txn.open_table(LOG_V2).is_err(), "the old table is gone");
     let rows = run_rows(&txn.open_table(LOG).unwrap());
     assert!(rows.iter().any(|(first, _)| *first == 701), "a run starts after the gap: {rows:?}");
+    let through = txn.open_table(META).unwrap().get(STOCK_THROUGH).unwrap().unwrap().value();
+    assert_eq!(through, 1203, "format 2's stock rows hold its whole log");
     assert!(rows.iter().all(|(_, len)| *len <= RUN_BYTES_MAX), "{rows:?}");
     assert!(rows.len() < kept.len() / 5, "{} runs", rows.len());
     drop(txn);
@@ -275,6 +283,7 @@ async fn each_delta_is_applied_once_behind_the_watermark() {
     }
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(stock(&store), -10, "the merged inventory is durable");
+    assert_eq!(store.stats().exceptions.get(), 1, "and its exceptions counted from the start");
     append(&store, "n1", 7, Lane::Critical, 1, 9).await.unwrap();
     assert_eq!(stock(&store), -11, "only seq 9 is new after the reopen");
 }
@@ -426,7 +435,11 @@ fn crash(store: Store) {
 
 /// `stock_through` and the stock rows of a closed store, as `(sku, version, value)`.
 fn stock_on_disk(dir: &Path) -> (u64, Vec<(String, u64, i64)>) {
-    let database = Database::open(dir.join(STORE_FILE)).unwrap();
+    stock_in(&Database::open(dir.join(STORE_FILE)).unwrap())
+}
+
+/// `stock_through` and the stock rows committed in `database`.
+fn stock_in(database: &Database) -> (u64, Vec<(String, u64, i64)>) {
     let txn = database.begin_read().unwrap();
     let through = txn.open_table(META).unwrap().get(STOCK_THROUGH).unwrap().unwrap().value();
     let rows = txn.open_table(STOCK).unwrap();
@@ -449,28 +462,44 @@ fn stock_on_disk(dir: &Path) -> (u64, Vec<(String, u64, i64)>) {
 async fn the_stock_rows_wait_for_a_checkpoint_and_a_crash_applies_the_log_after_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    // SKU-1 changes at version 5 (offsets 0-4), two keys of n2's at 7 (offsets 5 and 6).
     append(&store, "n1", 7, Lane::Bulk, 1, 5).await.unwrap();
-    append(&store, "n2", 1, Lane::Bulk, 1, 2).await.unwrap();
-    assert_eq!(stock(&store), -7);
+    append_batch(&store, batch("n2", 1, Lane::Bulk, 1, records_of_keys(1, 0, 2))).await.unwrap();
+    let changed_since_5 = |store: &Store| store.with_inventory(|inv| inv.changed_count_since(5));
+    assert_eq!((stock(&store), changed_since_5(&store)), (-5, 2));
     crash(store);
     assert_eq!(stock_on_disk(dir.path()), (0, vec![]), "no group reached a bound: no rows yet");
 
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(stock(&store), -7, "the log after the checkpoint is applied again, once");
-    let changed = store.with_inventory(|inv| inv.changes_since(6).len());
-    assert_eq!(changed, 1, "at the log's end: a node that merged before the crash gets it again");
-    assert!(store.with_inventory(|inv| inv.changes_since(7).is_empty()));
+    assert_eq!(stock(&store), -5, "the log after the checkpoint is applied again, once");
+    assert_eq!(changed_since_5(&store), 3, "at the log's end: a node that merged through 5 gets SKU-1 again");
+    assert_eq!(store.with_inventory(|inv| inv.changed_count_since(7)), 0);
     // Exactly once across the crash: seqs 1-5 are behind the watermark.
     append(&store, "n1", 7, Lane::Bulk, 1, 6).await.unwrap();
-    assert_eq!(stock(&store), -8);
+    assert_eq!(stock(&store), -6);
     store.close().await;
-    assert_eq!(stock_on_disk(dir.path()), (8, vec![("SKU-1".into(), 8, -8)]), "a close checkpoints");
-
+    let rows = vec![("SKU-1".into(), 8, -6), ("SKU-100000".into(), 7, 1), ("SKU-100001".into(), 7, 1)];
+    assert_eq!(stock_on_disk(dir.path()), (8, rows), "a close checkpoints");
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(stock(&store), -8);
-    // A close with nothing behind writes nothing more.
+    assert_eq!(stock(&store), -6);
+}
+
+#[tokio::test]
+async fn a_checkpoint_past_the_logs_end_is_refused_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    append(&store, "n1", 7, Lane::Bulk, 1, 3).await.unwrap();
     store.close().await;
-    assert_eq!(stock_on_disk(dir.path()).0, 8);
+    let database = Database::open(dir.path().join(STORE_FILE)).unwrap();
+    let txn = database.begin_write().unwrap();
+    txn.open_table(META).unwrap().insert(STOCK_THROUGH, 4).unwrap();
+    txn.commit().unwrap();
+    drop(database);
+    let err = Store::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains("past the log's end 3")),
+        "{err}"
+    );
 }
 
 /// `n` records from seq `first`, each moving a key of its own: `SKU-K` for `K` from
@@ -521,16 +550,17 @@ async fn a_checkpoint_comes_with_the_group_that_brings_the_entries_or_keys_behin
     let expected = -(entries as i64);
     assert_eq!(stock_on_disk(dir.path()), (entries, vec![("SKU-1".into(), entries, expected)]));
 
-    // A key each: the keys' bound comes first.
-    let keys = STOCK_LAG_KEYS_MAX as u64;
+    // A key each: the keys' bound comes first. Those behind are counted on open, then
+    // by the groups.
+    let (keys, half) = (STOCK_LAG_KEYS_MAX as u64, STOCK_LAG_KEYS_MAX as u64 / 2);
     let store = Store::open(dir.path()).unwrap();
-    append_all(&store, entries + 1, records_of_keys(entries + 1, 0, keys - 1)).await;
+    append_all(&store, entries + 1, records_of_keys(entries + 1, 0, half)).await;
     crash(store);
-    assert_eq!(stock_on_disk(dir.path()).0, entries, "one key short of the bound");
     let store = Store::open(dir.path()).unwrap();
+    append_all(&store, entries + 1 + half, records_of_keys(entries + 1 + half, half, keys - 1 - half)).await;
+    assert_eq!(stock_in(&store.db).0, entries, "one key short of the bound");
     append_all(&store, entries + keys, records_of_keys(entries + keys, keys - 1, 1)).await;
-    crash(store);
-    let (through, rows) = stock_on_disk(dir.path());
+    let (through, rows) = stock_in(&store.db);
     assert_eq!((through, rows.len() as u64), (entries + keys, keys + 1));
     assert!(rows.iter().filter(|(sku, ..)| sku != "SKU-1").all(|&(_, _, value)| value == 1), "{rows:?}");
 }

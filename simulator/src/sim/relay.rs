@@ -12,7 +12,9 @@
 //! The deltas of the records the transaction stores are part of it: they move their
 //! actor's counters in the relay's inventory when the transaction is durable, so each is
 //! applied exactly once, and a restarted relay rebuilds its inventory from the durable
-//! transactions, as the real relay reads its `stock` table.
+//! transactions, as the real relay reads its `stock` rows and applies the log after their
+//! checkpoint again (the real relay then gives the keys it applied again the log's end
+//! as their version, where this one keeps the versions they had).
 //!
 //! [`InjectedBug`] breaks this on purpose, so that tests prove the checker notices.
 

@@ -79,6 +79,11 @@ impl VersionedInventory {
         later.flat_map(|(&at, keys)| keys.iter().map(move |key| (at, key)))
     }
 
+    /// The version at which `key` last changed, if it ever did.
+    pub fn changed_at(&self, key: &StockKey) -> Option<u64> {
+        self.changed_at.get(key).copied()
+    }
+
     /// How many keys changed after `version`: a sum over the versions since, not a walk
     /// over the keys.
     pub fn changed_count_since(&self, version: u64) -> usize {
