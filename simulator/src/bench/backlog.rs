@@ -33,9 +33,9 @@ const DISK_TARGET: f64 = 100.0;
 const RESTART_TARGET_S: f64 = 1.0;
 const RESTART_KILLED_TARGET_S: f64 = 2.0;
 /// PERFORMANCE.md: the backlog `backlog-memory` and `restart` are set for.
-const LARGE_STORE: u64 = 10_000_000;
+pub(super) const LARGE_STORE: u64 = 10_000_000;
 /// The backlog `disk` measures, where a larger one is judged as well.
-const DISK_BACKLOG: u64 = 1_000_000;
+pub(super) const DISK_BACKLOG: u64 = 1_000_000;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Starts the relay and checks that `expected` arrives exactly once.

@@ -33,7 +33,7 @@ const FIRST_EVENT_MS: f64 = 1_000.0;
 /// PERFORMANCE.md: critical p99 end to end during a drain, in ms.
 const MIXED_TARGET_MS: f64 = 50.0;
 /// PERFORMANCE.md: the backlog `drain` and `mixed` are set for.
-const FULL_BACKLOG: u64 = 1_000_000;
+pub(super) const FULL_BACKLOG: u64 = 1_000_000;
 /// The backlog of a quick run.
 const QUICK_BACKLOG: u64 = 20_000;
 /// How often arrival at the relay is polled.

@@ -44,7 +44,7 @@ use crate::cluster::{Cluster, REGION};
 /// PERFORMANCE.md: replication lag p99, in ms.
 const LAG_TARGET_MS: f64 = 1_000.0;
 /// How long a full run's sites post; the target is judged on runs at least this long.
-const FULL_WINDOW: Duration = Duration::from_secs(20);
+pub(super) const FULL_WINDOW: Duration = Duration::from_secs(20);
 /// PERFORMANCE.md: events per second each site makes.
 const SITE_RATE: u64 = 100;
 /// A site hands its events to its sender this often (its group commit).

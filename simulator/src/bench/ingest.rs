@@ -31,7 +31,7 @@ const SINGLE_P99_MS: f64 = 10.0;
 
 /// How long a full run posts, unless `--events` or `--seconds` says otherwise; the target
 /// is judged on runs at least this long.
-const FULL_RUN: Duration = Duration::from_secs(10);
+pub(super) const FULL_RUN: Duration = Duration::from_secs(10);
 /// How long each server that answers without storing (axum, and the bare socket for
 /// `ingest-single`) is driven for the limit, at most.
 const LIMIT_RUN: Duration = Duration::from_secs(5);

@@ -110,6 +110,39 @@ fn sizes_outside_their_range_are_refused_by_the_command_line() {
 }
 
 #[test]
+fn the_help_gives_each_benchs_default_size() {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+    let help = Cli::command().render_help().to_string();
+    let commas = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for (benches, size) in [
+        ("ingest-batch, ingest-single", ingest::FULL_RUN.as_secs().to_string()),
+        ("drain, mixed", commas(drain::FULL_BACKLOG)),
+        ("backlog-memory, restart", commas(backlog::LARGE_STORE)),
+        ("disk", commas(backlog::DISK_BACKLOG)),
+        ("fan-in", fan_in::FULL_WINDOW.as_secs().to_string()),
+    ] {
+        let line =
+            help.lines().find(|l| l.trim_start().starts_with(&format!("{benches} "))).unwrap_or_default();
+        assert!(line.contains(&format!("({size})")), "{benches}: {line:?} in\n{help}");
+    }
+}
+
+#[test]
 fn rows_are_judged_by_their_goal() {
     let rate = Row::new("r", Goal::AtLeast, "ev/s").figures(600.0, 600.0, 1000.0);
     assert!((rate.ratio - 0.6).abs() < 1e-9);
