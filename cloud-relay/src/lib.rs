@@ -67,7 +67,8 @@ pub async fn run(
     let store_err = |reason: String| RelayError::Store { dir: dir.clone(), reason };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
     let store = Store::open(&config.data_dir).map_err(|e| store_err(e.to_string()))?;
-    let reset_key = reset_key(&config.data_dir).map_err(|e| store_err(format!("{RESET_KEY_FILE}: {e}")))?;
+    let reset_key =
+        reset_secret(&config.data_dir).map_err(|e| store_err(format!("{RESET_KEY_FILE}: {e}")))?;
     let bind_err = |source| RelayError::Bind { what: "quic", addr: config.quic, source };
     let (socket, granted) = daemon::udp_socket(config.quic).map_err(bind_err)?;
     if granted < daemon::UDP_BUFFER_BYTES {
@@ -81,7 +82,7 @@ pub async fn run(
         );
     }
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        endpoint_config(&reset_key),
         Some(creds.server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -138,11 +139,31 @@ pub async fn run(
 /// File in the data directory holding the QUIC stateless-reset key.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
-/// The key that signs QUIC stateless resets, kept in the data directory so that it
-/// survives a restart. A restarted relay then answers packets of connections it no
-/// longer knows with a reset the node believes, and the node reconnects at once instead
-/// of waiting out its idle timeout.
-fn reset_key(data_dir: &std::path::Path) -> std::io::Result<ring::hmac::Key> {
+/// The QUIC endpoint's settings from the secret in [`RESET_KEY_FILE`], so that they
+/// survive a restart: a restarted relay then answers the packets of connections it no
+/// longer knows with a stateless reset the node believes, and the node dials again at
+/// once instead of waiting out its idle timeout (12 s).
+///
+/// Two keys come from the secret. The reset key signs the resets. The connection-id key
+/// signs the ids the relay gives its connections, by which it tells an id of its own
+/// from noise: with quinn's default, a random key per process, a restarted relay took
+/// the ids of its connections from before for noise and dropped their packets without
+/// a reset, and a node that had sent during the outage redialled only after its idle
+/// timeout.
+fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let cid_key = ring::hmac::sign(&reset_key, b"outpost quic connection ids");
+    let mut cid_key_bytes = [0u8; 8];
+    cid_key_bytes.copy_from_slice(&cid_key.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key_bytes);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
+}
+
+/// The endpoint's secret in the data directory: created (random, 64 bytes, mode 0600) if
+/// missing.
+fn reset_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(RESET_KEY_FILE);
@@ -162,5 +183,5 @@ fn reset_key(data_dir: &std::path::Path) -> std::io::Result<ring::hmac::Key> {
         }
         Err(e) => return Err(e),
     };
-    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+    Ok(bytes)
 }

@@ -94,3 +94,44 @@ async fn every_acknowledged_event_reaches_the_relay_exactly_once_through_kills()
         assert_eq!(watermark, head, "relay watermark of {lane} equals the node's head seq");
     }
 }
+
+/// The node's bulk lane as `/v1/status` shows it.
+async fn bulk_acked(cluster: &Cluster) -> u64 {
+    let url = format!("http://{}/v1/status", cluster.nodes[0].http_addr());
+    let status: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    status["lanes"]["bulk"]["acked_seq"].as_u64().unwrap()
+}
+
+async fn post_scan(cluster: &Cluster, id: &str) {
+    let event =
+        serde_json::json!({"event_id": id, "kind": "scan", "sku": "SKU-1", "location": "A-01", "qty": 1});
+    let response =
+        reqwest::Client::new().post(cluster.nodes[0].events_url()).json(&event).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+}
+
+/// Scenario 5 when the relay comes back from a crash on its data: it answers the packets
+/// of the connection it lost with a stateless reset that the node believes (its keys
+/// are kept in its data directory), so the node dials again as soon as it sends, instead
+/// of after its idle timeout (`node::daemon::IDLE_TIMEOUT`, 12 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_back_from_a_crash_resets_the_old_connection_and_the_node_dials_again_at_once() {
+    let mut cluster = Cluster::start(&["store-0043"]).await.unwrap();
+    post_scan(&cluster, "before").await;
+    while bulk_acked(&cluster).await < 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.relay.kill().unwrap();
+    cluster.relay.start().await.unwrap();
+
+    let posted = Instant::now();
+    post_scan(&cluster, "after").await;
+    while bulk_acked(&cluster).await < 2 {
+        assert!(posted.elapsed() < Duration::from_secs(30), "the event never reached the relay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = posted.elapsed();
+    let log = std::fs::read_to_string(cluster.nodes[0].log_path()).unwrap();
+    assert!(log.contains("connection lost: reset by peer"), "the node saw no reset:\n{log}");
+    assert!(took < node::daemon::IDLE_TIMEOUT / 2, "acknowledged {took:?} after the post");
+}
