@@ -82,7 +82,7 @@ pub async fn run(
         );
     }
     let endpoint = quinn::Endpoint::new(
-        endpoint_config(&reset_key),
+        endpoint_config(&reset_key, &name),
         Some(creds.server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -149,15 +149,24 @@ pub const RESET_KEY_FILE: &str = "quic-reset.key";
 /// from noise: with quinn's default, a random key per process, a restarted relay took
 /// the ids of its connections from before for noise and dropped their packets without
 /// a reset, and a node that had sent during the outage redialled only after its idle
-/// timeout.
-fn endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+/// timeout. The relay's `name` goes into the connection-id key, so that a relay given a
+/// copy of another's data directory does not take that relay's ids for its own and
+/// answer them with resets that end its connections.
+///
+/// Resets may go out every millisecond (quinn's default is one per 20 ms for the whole
+/// endpoint, which would leave most of a thousand nodes to their idle timeout after a
+/// restart). A reset is always shorter than the packet that called for it, so this
+/// amplifies nothing.
+fn endpoint_config(secret: &[u8], name: &str) -> quinn::EndpointConfig {
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    let cid_key = ring::hmac::sign(&reset_key, b"outpost quic connection ids");
+    let label = format!("outpost quic connection ids of relay {name}");
+    let cid_key = ring::hmac::sign(&reset_key, label.as_bytes());
     let mut cid_key_bytes = [0u8; 8];
     cid_key_bytes.copy_from_slice(&cid_key.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key_bytes);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config.min_reset_interval(std::time::Duration::from_millis(1));
     config
 }
 

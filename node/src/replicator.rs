@@ -538,7 +538,11 @@ async fn write_frames(
                 }
             }
             Step::Wrote(Err(e)) => {
-                let _ = inbox.send(Err(ReplicateError::Lost(e.to_string())));
+                let lost = match e {
+                    quinn::WriteError::ConnectionLost(e) => connection_closed(e),
+                    e => ReplicateError::Lost(e.to_string()),
+                };
+                let _ = inbox.send(Err(lost));
                 return;
             }
             Step::Aged(still) => watching = still,
@@ -558,7 +562,11 @@ async fn read_frames(
             Ok(Some(n)) => decoder.push(&buf[..n]),
             Ok(None) => return,
             Err(e) => {
-                let _ = inbox.send(Err(ReplicateError::Lost(e.to_string())));
+                let lost = match e {
+                    quinn::ReadError::ConnectionLost(e) => connection_closed(e),
+                    e => ReplicateError::Lost(e.to_string()),
+                };
+                let _ = inbox.send(Err(lost));
                 return;
             }
         }
@@ -611,6 +619,8 @@ impl Endpoints {
     }
 }
 
+/// The error of a connection that ended, as the session reports it: the same whichever
+/// of its tasks noticed first (a stream's read or write, or the connection itself).
 fn connection_closed(e: quinn::ConnectionError) -> ReplicateError {
     if let quinn::ConnectionError::ApplicationClosed(close) = &e
         && close.error_code.into_inner() == u64::from(close::REFUSED)
