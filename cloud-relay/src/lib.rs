@@ -136,7 +136,8 @@ pub async fn run(
     served
 }
 
-/// File in the data directory holding the QUIC stateless-reset key.
+/// File in the data directory holding the secret of the QUIC endpoint's keys: the one
+/// that signs stateless resets and the one that signs connection ids.
 pub const RESET_KEY_FILE: &str = "quic-reset.key";
 
 /// The QUIC endpoint's settings from the secret in [`RESET_KEY_FILE`], so that they
