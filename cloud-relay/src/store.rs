@@ -807,8 +807,7 @@ fn load_inventory(database: &Database, next: u64) -> Result<(RelayInventory, u64
             tracing::warn!(%key, value, "negative merged stock");
         }
     }
-    let through = txn.open_table(META).map_err(db)?.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value());
-    let through = through
+    let through = stock_through_of(&txn.open_table(META).map_err(db)?)?
         .ok_or_else(|| StoreError::Corrupt { what: "meta".into(), reason: format!("no {STOCK_THROUGH}") })?;
     if through > next {
         let reason = format!("{STOCK_THROUGH} {through} is past the log's end {next}");
@@ -843,6 +842,11 @@ fn load_inventory(database: &Database, next: u64) -> Result<(RelayInventory, u64
         );
     }
     Ok((inventory, through))
+}
+
+/// `stock_through` as `meta` holds it, if it does.
+fn stock_through_of(meta: &impl ReadableTable<&'static str, u64>) -> Result<Option<u64>, StoreError> {
+    Ok(meta.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value()))
 }
 
 /// Applies `actor`'s delta to `changed`, the keys a group moves over `merged`: a key's
@@ -975,10 +979,7 @@ impl Writer {
         let mut next = start;
         let mut changed = Inventory::new();
         match self.apply(&seen, &appends, &mut next, &mut changed, close) {
-            Ok((results, checkpointed)) => {
-                if checkpointed {
-                    self.stock_through.set(next);
-                }
+            Ok(results) => {
                 if !changed.is_empty() {
                     let mut inventory = self.inventory.write().unwrap_or_else(PoisonError::into_inner);
                     for (key, value) in inventory.commit(&changed, next) {
@@ -1124,8 +1125,7 @@ impl Writer {
         // A repair that added nothing wrote nothing, and is not worth an fsync.
         commit(txn, outcome.inserted > 0)?;
         if outcome.inserted > 0 {
-            self.stock_through.set(*next);
-            self.lagging_keys.set(0);
+            self.checkpointed(*next);
         }
         if outcome.inserted > 0 || outcome.differing > 0 {
             tracing::warn!(
@@ -1141,9 +1141,14 @@ impl Writer {
         Ok(outcome)
     }
 
+    /// Records a stock checkpoint through log offset `through` once its commit returned.
+    fn checkpointed(&self, through: u64) {
+        self.stock_through.set(through);
+        self.lagging_keys.set(0);
+    }
+
     /// Applies a group in one transaction: one result per append, meaningful only if the
-    /// whole transaction commits, and whether it wrote a stock checkpoint (through the
-    /// new `next`). `next` is the log's next offset, advanced per entry; `changed`
+    /// whole transaction commits. `next` is the log's next offset, advanced per entry; `changed`
     /// collects the whole new state of every inventory key the group moved. A group that
     /// `closes` the store checkpoints whatever lags.
     fn apply(
@@ -1153,7 +1158,7 @@ impl Writer {
         next: &mut u64,
         changed: &mut Inventory,
         closes: bool,
-    ) -> Result<(Vec<Result<(), StoreError>>, bool), StoreError> {
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let replica = self.inventory.read().unwrap_or_else(PoisonError::into_inner);
         let txn = self.db.begin_write().map_err(db)?;
         let start = *next;
@@ -1252,8 +1257,12 @@ impl Writer {
         }
         // A group of hellos only is not worth an fsync; it rides with the next append.
         commit(txn, *next > start || checkpoint)?;
-        self.lagging_keys.set(if checkpoint { 0 } else { lagging_keys });
-        Ok((results, checkpoint))
+        if checkpoint {
+            self.checkpointed(*next);
+        } else {
+            self.lagging_keys.set(lagging_keys);
+        }
+        Ok(results)
     }
 }
 
@@ -1281,7 +1290,7 @@ pub fn lose_records(
         let next = next_offset_of(&log)?;
         // Entries lost after the stock checkpoint would take their deltas with them when
         // the relay applies the log again: this models lost records, not lost stock.
-        let through = txn.open_table(META).map_err(db)?.get(STOCK_THROUGH).map_err(db)?.map(|v| v.value());
+        let through = stock_through_of(&txn.open_table(META).map_err(db)?)?;
         if through != Some(next) {
             return Err(StoreError::CommitFailed(format!(
                 "the stock rows hold the log through {through:?}, not its end {next}: close the relay cleanly first"

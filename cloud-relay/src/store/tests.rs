@@ -433,6 +433,14 @@ fn crash(store: Store) {
     writer.join().unwrap();
 }
 
+/// Changes a closed store's file in one write transaction.
+fn edit_closed(dir: &Path, edit: impl FnOnce(&redb::WriteTransaction)) {
+    let database = Database::open(dir.join(STORE_FILE)).unwrap();
+    let txn = database.begin_write().unwrap();
+    edit(&txn);
+    txn.commit().unwrap();
+}
+
 /// `stock_through` and the stock rows of a closed store, as `(sku, version, value)`.
 fn stock_on_disk(dir: &Path) -> (u64, Vec<(String, u64, i64)>) {
     stock_in(&Database::open(dir.join(STORE_FILE)).unwrap())
@@ -490,11 +498,9 @@ async fn a_checkpoint_past_the_logs_end_is_refused_as_corrupt() {
     let store = Store::open(dir.path()).unwrap();
     append(&store, "n1", 7, Lane::Bulk, 1, 3).await.unwrap();
     store.close().await;
-    let database = Database::open(dir.path().join(STORE_FILE)).unwrap();
-    let txn = database.begin_write().unwrap();
-    txn.open_table(META).unwrap().insert(STOCK_THROUGH, 4).unwrap();
-    txn.commit().unwrap();
-    drop(database);
+    edit_closed(dir.path(), |txn| {
+        txn.open_table(META).unwrap().insert(STOCK_THROUGH, 4).unwrap();
+    });
     let err = Store::open(dir.path()).err().unwrap();
     assert!(
         matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains("past the log's end 3")),
@@ -597,16 +603,12 @@ async fn a_store_of_format_3_holds_its_whole_log_in_its_stock_rows() {
     let store = Store::open(dir.path()).unwrap();
     append(&store, "n1", 7, Lane::Bulk, 1, 3).await.unwrap();
     store.close().await;
-    {
-        // Format 3 wrote the rows with every commit and had no `stock_through`.
-        let database = Database::open(dir.path().join(STORE_FILE)).unwrap();
-        let txn = database.begin_write().unwrap();
+    // Format 3 wrote the rows with every commit and had no `stock_through`.
+    edit_closed(dir.path(), |txn| {
         let mut meta = txn.open_table(META).unwrap();
         meta.insert("format_version", 3).unwrap();
         meta.remove(STOCK_THROUGH).unwrap();
-        drop(meta);
-        txn.commit().unwrap();
-    }
+    });
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(stock(&store), -3, "nothing applied twice");
     crash(store);
