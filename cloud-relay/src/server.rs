@@ -29,6 +29,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use sync_protocol::wire::{FrameDecoder, Hello, close};
 
 use crate::inventory::feed::InventoryFeed;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use sync_protocol::{
     DecodeError, Epoch, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation, Receiver,
     ReceiverConfig, Refuse, RefuseReason,
@@ -404,6 +406,9 @@ impl Session {
         }
         let mut published = self.shared.inventory.published();
         self.push_inventory(&mut published, &mut inventory_sent).await?;
+        // This connection's place in the turns of every later push.
+        let place: f64 = StdRng::from_os_rng().random();
+        let mut push_at = None;
         loop {
             tokio::select! {
                 inbound = inbox.recv() => {
@@ -420,6 +425,12 @@ impl Session {
                     if changed.is_err() {
                         return Err(ConnError::Store(StoreError::Closed));
                     }
+                    let connections = u64::try_from(self.shared.connections.gauge.get()).unwrap_or(0);
+                    let turn = self.shared.inventory.turn(place, connections);
+                    push_at.get_or_insert_with(|| Instant::now() + turn);
+                }
+                () = until(push_at) => {
+                    push_at = None;
                     self.push_inventory(&mut published, &mut inventory_sent).await?;
                 }
                 e = self.conn.closed() => return Err(ConnError::Lost(e.to_string())),
@@ -592,6 +603,14 @@ impl Session {
             stream.write_all(&msg.encode()).await.map_err(|e| ConnError::Lost(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// Waits until `deadline`, or for ever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use sync_protocol::wire::{self, FrameDecoder, close};
 use sync_protocol::{
     Batch, Lane, Message, NodeIdentity, PerLane, ProtocolViolation, Refuse, Repaired, Sender, SenderConfig,
-    SenderEvent, Transmit,
+    SenderEvent, Seq, Transmit,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -337,22 +337,17 @@ impl Replicator {
             match transmit {
                 Transmit::Control(msg) => control.write_all(&msg.encode()).await.map_err(write_err)?,
                 Transmit::Batch { lane, first_seq, count } => {
-                    let store = self.store.clone();
-                    let events =
-                        tokio::task::spawn_blocking(move || store.read_range(lane, first_seq, count))
-                            .await
-                            .map_err(|e| ReplicateError::Lost(format!("store read task: {e}")))??;
-                    if events.len() != count as usize {
-                        return Err(ReplicateError::Store(StoreError::CommitFailed(format!(
-                            "lane {lane} seqs {first_seq}.. are no longer in the store (pruned); \
-                             the relay lost them and they cannot be resent"
-                        ))));
-                    }
                     let writer = match lanes.get_mut(lane) {
                         Some(writer) => writer,
                         slot => slot.insert(open_lane(conn, lane, inbox).await?),
                     };
-                    let frame = Message::Batch(Batch { lane, first_seq, events }).encode();
+                    // Read and encoded on the blocking pool while the session goes on:
+                    // the batches of the window are read side by side, and an ack that
+                    // frees a slot is taken while the batch before it is still read.
+                    // The lane's writer awaits them in order.
+                    let store = self.store.clone();
+                    let frame =
+                        tokio::task::spawn_blocking(move || batch_frame(&store, lane, first_seq, count));
                     if writer.frames.send(frame).is_err() {
                         return Err(ReplicateError::Lost(format!("the {lane} stream's writer stopped")));
                     }
@@ -457,10 +452,25 @@ fn lane_priority(lane: Lane) -> i32 {
     }
 }
 
+/// A batch's frame as it is read from the store and encoded.
+type PendingFrame = tokio::task::JoinHandle<Result<Vec<u8>, ReplicateError>>;
+
+/// Reads `count` events of `lane` from `first_seq` on and encodes them as one `Batch`.
+fn batch_frame(store: &Store, lane: Lane, first_seq: Seq, count: u32) -> Result<Vec<u8>, ReplicateError> {
+    let events = store.read_range(lane, first_seq, count)?;
+    if events.len() != count as usize {
+        return Err(ReplicateError::Store(StoreError::CommitFailed(format!(
+            "lane {lane} seqs {first_seq}.. are no longer in the store (pruned); \
+             the relay lost them and they cannot be resent"
+        ))));
+    }
+    Ok(Message::Batch(Batch { lane, first_seq, events }).encode())
+}
+
 /// The sending half of a lane's stream: frames go to the task that writes them, so a lane
 /// waiting on flow control holds up no other lane.
 struct LaneWriter {
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    frames: mpsc::UnboundedSender<PendingFrame>,
     /// Set by the session while the lane's oldest batch is older than [`AGING_AFTER`].
     aged: watch::Sender<bool>,
 }
@@ -493,12 +503,12 @@ async fn open_lane(
 async fn write_frames(
     mut send: quinn::SendStream,
     lane: Lane,
-    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut queued: mpsc::UnboundedReceiver<PendingFrame>,
     mut aged: watch::Receiver<bool>,
     inbox: mpsc::UnboundedSender<Result<Message, ReplicateError>>,
 ) {
     enum Step {
-        Queued(Option<Vec<u8>>),
+        Queued(Option<PendingFrame>),
         Wrote(Result<usize, quinn::WriteError>),
         /// The aged flag changed (`false`: the session dropped it, stop watching).
         Aged(bool),
@@ -524,7 +534,18 @@ async fn write_frames(
             },
         };
         match step {
-            Step::Queued(Some(frame)) => pending = Some((frame, 0)),
+            Step::Queued(Some(frame)) => {
+                let frame = frame
+                    .await
+                    .unwrap_or_else(|e| Err(ReplicateError::Lost(format!("store read task: {e}"))));
+                match frame {
+                    Ok(frame) => pending = Some((frame, 0)),
+                    Err(e) => {
+                        let _ = inbox.send(Err(e));
+                        return;
+                    }
+                }
+            }
             Step::Queued(None) => {
                 let _ = send.finish();
                 return;

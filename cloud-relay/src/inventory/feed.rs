@@ -13,6 +13,11 @@
 //!   merged. Nodes that are caught up all ask for the same range, so its messages are
 //!   built and encoded once ([`InventoryFeed::frames`]) and shared; a node that is behind
 //!   (just connected, or slow) gets its own.
+//! - Connections push a published version in turns ([`InventoryFeed::turn`]), spread
+//!   over a millisecond per connection up to the interval. Pushed at the same instant, a
+//!   thousand nodes' updates were one burst each second (`fan-in`: 35 MB of the relay's
+//!   46 MB/s) that the acknowledgements of every connection queued behind: the lag p99
+//!   measured 193-468 ms over six runs, and 52-262 ms with the pushes spread.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,12 +32,18 @@ use crate::store::Store;
 /// node: a node sees other sites' stock at most this much later than it could.
 pub const INVENTORY_PUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How far the pushes of one published version spread, per welcomed connection, up to
+/// the interval: a node sees other sites' stock at most the interval plus this spread
+/// late, so a few nodes see it at once and a thousand within two intervals.
+pub const PUSH_SPREAD_PER_CONNECTION: Duration = Duration::from_millis(1);
+
 /// Encoded inventory updates from one version to another.
 pub type Frames = Arc<Vec<Vec<u8>>>;
 
 /// The published inventory version and the updates built for it.
 pub struct InventoryFeed {
     store: Store,
+    interval: Duration,
     published: watch::Receiver<u64>,
     built: Mutex<Built>,
 }
@@ -51,7 +62,13 @@ impl InventoryFeed {
         let offsets = store.next_offset();
         let (publish, published) = watch::channel(*offsets.borrow());
         tokio::spawn(run(offsets, publish, interval));
-        InventoryFeed { store, published, built: Mutex::new(Built::default()) }
+        InventoryFeed { store, interval, published, built: Mutex::new(Built::default()) }
+    }
+
+    /// How long after a version is published a connection whose place is `place` (in
+    /// `[0, 1)`, drawn when it connected) pushes it, while `connections` are served.
+    pub fn turn(&self, place: f64, connections: u64) -> Duration {
+        turn(place, connections, self.interval)
     }
 
     /// The published version: nodes are brought up to it when it moves.
@@ -93,6 +110,16 @@ impl InventoryFeed {
     }
 }
 
+/// [`InventoryFeed::turn`]: `place` of a spread of [`PUSH_SPREAD_PER_CONNECTION`] per
+/// connection, at most `interval`.
+fn turn(place: f64, connections: u64, interval: Duration) -> Duration {
+    let connections = u32::try_from(connections).unwrap_or(u32::MAX);
+    let spread = PUSH_SPREAD_PER_CONNECTION.saturating_mul(connections).min(interval);
+    // Clamped, so a place out of range stays inside the spread (and `mul_f64` never
+    // panics).
+    spread.mul_f64(place.clamp(0.0, 1.0))
+}
+
 /// Publishes the store's next offset when it moves, at most once per `interval`.
 async fn run(mut offsets: watch::Receiver<u64>, publish: watch::Sender<u64>, interval: Duration) {
     loop {
@@ -102,5 +129,24 @@ async fn run(mut offsets: watch::Receiver<u64>, publish: watch::Sender<u64>, int
         let version = *offsets.borrow_and_update();
         publish.send_replace(version);
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_spread_over_a_millisecond_per_connection_up_to_the_interval() {
+        let second = Duration::from_secs(1);
+        assert_eq!(turn(0.5, 1, second), Duration::from_micros(500));
+        assert_eq!(turn(0.5, 100, second), Duration::from_millis(50));
+        assert_eq!(turn(0.5, 1_000, second), Duration::from_millis(500));
+        assert_eq!(turn(0.5, 50_000, second), Duration::from_millis(500));
+        assert_eq!(turn(0.0, 1_000, second), Duration::ZERO);
+        assert!(turn(0.999, 1_000, second) < second);
+        assert_eq!(turn(0.5, 0, second), Duration::ZERO);
+        assert_eq!(turn(7.0, 1_000, second), second);
+        assert_eq!(turn(-1.0, u64::MAX, second), Duration::ZERO);
     }
 }
