@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,7 +37,7 @@ use sync_protocol::{
     ReceiverConfig, Refuse, RefuseReason,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep, sleep};
 use tracing::Instrument;
 
 use crate::metrics::NodeLabel;
@@ -406,9 +407,10 @@ impl Session {
         }
         let mut published = self.shared.inventory.published();
         self.push_inventory(&mut published, &mut inventory_sent).await?;
-        // This connection's place in the turns of every later push.
-        let place: f64 = StdRng::from_os_rng().random();
-        let mut push_at = None;
+        // This connection's place in the turns of every later push (first, should the
+        // system have no randomness to give).
+        let place: f64 = StdRng::try_from_os_rng().map_or(0.0, |mut rng| rng.random());
+        let mut turn: Option<Pin<Box<Sleep>>> = None;
         loop {
             tokio::select! {
                 inbound = inbox.recv() => {
@@ -425,12 +427,14 @@ impl Session {
                     if changed.is_err() {
                         return Err(ConnError::Store(StoreError::Closed));
                     }
-                    let connections = u64::try_from(self.shared.connections.gauge.get()).unwrap_or(0);
-                    let turn = self.shared.inventory.turn(place, connections);
-                    push_at.get_or_insert_with(|| Instant::now() + turn);
+                    // A turn already due stays: it pushes the newest version.
+                    if turn.is_none() {
+                        let connections = u64::try_from(self.shared.connections.gauge.get()).unwrap_or(0);
+                        turn = Some(Box::pin(sleep(self.shared.inventory.turn(place, connections))));
+                    }
                 }
-                () = until(push_at) => {
-                    push_at = None;
+                () = turn_of(&mut turn) => {
+                    turn = None;
                     self.push_inventory(&mut published, &mut inventory_sent).await?;
                 }
                 e = self.conn.closed() => return Err(ConnError::Lost(e.to_string())),
@@ -606,10 +610,10 @@ impl Session {
     }
 }
 
-/// Waits until `deadline`, or for ever without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Waits for the connection's turn to push the inventory, or for ever without one.
+async fn turn_of(turn: &mut Option<Pin<Box<Sleep>>>) {
+    match turn {
+        Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -279,13 +279,20 @@ impl Replicator {
         // Replies to the repairs sent on this connection, in the order they were sent.
         let mut awaiting: VecDeque<oneshot::Sender<Repaired>> = VecDeque::new();
         let mut repair = None;
-        // Per lane, the last seq of each batch in flight and when it was written.
+        // Per lane, the last seq of each batch in flight and when it was queued.
         let mut sent: PerLane<VecDeque<(u64, Instant)>> = PerLane::default();
         loop {
             // Events first: an ack (even one that moves back, from a relay that lost its
             // store) is recorded before a flush that may fail on events no longer held.
             self.handle_events(sender, &mut awaiting, &mut sent).await?;
-            self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx, &mut sent).await?;
+            if let Err(e) =
+                self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx, &mut sent).await
+            {
+                // A lane's writer stops on an error it puts in the inbox, behind the
+                // messages before it (a batch it could not read, say): that error, not the
+                // stop it caused here, is what ends the connection.
+                return Err(first_error(&mut inbox).unwrap_or(e));
+            }
             tokio::select! {
                 msg = inbox.recv() => match msg {
                     Some(Ok(msg)) => sender.handle_message(msg, Instant::now())?,
@@ -450,6 +457,19 @@ fn lane_priority(lane: Lane) -> i32 {
         Lane::Standard => 1,
         Lane::Bulk => 0,
     }
+}
+
+/// The first error waiting in a connection's inbox, if any (what comes before it is
+/// dropped: the connection is ending).
+fn first_error(
+    inbox: &mut mpsc::UnboundedReceiver<Result<Message, ReplicateError>>,
+) -> Option<ReplicateError> {
+    while let Ok(msg) = inbox.try_recv() {
+        if let Err(e) = msg {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// A batch's frame as it is read from the store and encoded.

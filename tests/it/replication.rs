@@ -137,3 +137,51 @@ async fn a_relay_back_from_a_crash_resets_the_old_connection_and_the_node_dials_
     assert!(log.contains("connection lost: reset by peer"), "the node saw no reset:\n{log}");
     assert!(took < node::daemon::IDLE_TIMEOUT / 2, "acknowledged {took:?} after the post");
 }
+
+/// A relay that comes back without events the node had acknowledged and then pruned (its
+/// store wiped): the node sends again what it still holds, and says why it cannot send
+/// the rest, in `/v1/status`, rather than only that the connection was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_what_the_node_pruned_is_told_which_events_cannot_be_resent() {
+    let mut cluster = Cluster::prepare().unwrap();
+    cluster.relay.start().await.unwrap();
+    let args = vec!["--retention".into(), "1s".into()];
+    cluster.add_node("store-0044", args).unwrap().start().await.unwrap();
+    post_scan(&cluster, "pruned").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bulk_acked(&cluster).await < 1 {
+        assert!(Instant::now() < deadline, "the event never reached the relay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the retention, a restart prunes it (the node prunes as it starts; stopped
+    // cleanly, so its record of the ack is durable).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    cluster.relay.kill().unwrap();
+    cluster.nodes[0].terminate(Duration::from_secs(10)).await.unwrap();
+    cluster.nodes[0].start().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(cluster.nodes[0].log_path())
+        .unwrap()
+        .contains("pruned acknowledged events")
+    {
+        assert!(Instant::now() < deadline, "the node did not prune the event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    cluster.relay.wipe_data().unwrap();
+    cluster.relay.start().await.unwrap();
+    let url = format!("http://{}/v1/status", cluster.nodes[0].http_addr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let error = status["relay"]["last_error"].as_str().unwrap_or_default().to_owned();
+        if error.contains("no longer in the store (pruned)") {
+            assert!(error.contains("lane bulk seqs 1.."), "{error}");
+            let regression = status["relay"]["last_regression"].as_str().unwrap_or_default();
+            assert!(regression.contains("only through seq 0 but had acknowledged 1"), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never said why it cannot resend: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
