@@ -1,6 +1,7 @@
 //! The replicator: a thin async shell around [`sync_protocol::Sender`] that dials the
-//! relay over QUIC, reads the batches the sender asks for from the store, writes them to
-//! one stream per lane, and feeds acknowledgements back.
+//! relay over QUIC, reads the batches the sender asks for from the store (each lane's
+//! writer task its own), writes them to one stream per lane, and feeds acknowledgements
+//! back.
 //!
 //! No protocol decision is made here: what to send, when to reconnect and what an ack
 //! means are the sender's. The shell owns the clock, the OS randomness for jitter, the
@@ -346,16 +347,10 @@ impl Replicator {
                 Transmit::Batch { lane, first_seq, count } => {
                     let writer = match lanes.get_mut(lane) {
                         Some(writer) => writer,
-                        slot => slot.insert(open_lane(conn, lane, inbox).await?),
+                        slot => slot.insert(open_lane(conn, lane, &self.store, inbox).await?),
                     };
-                    // Read and encoded on the blocking pool while the session goes on:
-                    // the batches of the window are read side by side, and an ack that
-                    // frees a slot is taken while the batch before it is still read.
-                    // The lane's writer awaits them in order.
-                    let store = self.store.clone();
-                    let frame =
-                        tokio::task::spawn_blocking(move || batch_frame(&store, lane, first_seq, count));
-                    if writer.frames.send(frame).is_err() {
+                    // The lane's writer reads it, while the session goes on.
+                    if writer.batches.send((first_seq, count)).is_err() {
                         return Err(ReplicateError::Lost(format!("the {lane} stream's writer stopped")));
                     }
                     let last = first_seq.get() + u64::from(count).saturating_sub(1);
@@ -472,9 +467,6 @@ fn first_error(
     None
 }
 
-/// A batch's frame as it is read from the store and encoded.
-type PendingFrame = tokio::task::JoinHandle<Result<Vec<u8>, ReplicateError>>;
-
 /// Reads `count` events of `lane` from `first_seq` on and encodes them as one `Batch`.
 fn batch_frame(store: &Store, lane: Lane, first_seq: Seq, count: u32) -> Result<Vec<u8>, ReplicateError> {
     let events = store.read_range(lane, first_seq, count)?;
@@ -487,10 +479,11 @@ fn batch_frame(store: &Store, lane: Lane, first_seq: Seq, count: u32) -> Result<
     Ok(Message::Batch(Batch { lane, first_seq, events }).encode())
 }
 
-/// The sending half of a lane's stream: frames go to the task that writes them, so a lane
-/// waiting on flow control holds up no other lane.
+/// The sending half of a lane's stream: its batches (first seq, count) go to the task that
+/// reads and writes them, so a lane waiting on the store or on flow control holds up
+/// neither the session nor any other lane.
 struct LaneWriter {
-    frames: mpsc::UnboundedSender<PendingFrame>,
+    batches: mpsc::UnboundedSender<(Seq, u32)>,
     /// Set by the session while the lane's oldest batch is older than [`AGING_AFTER`].
     aged: watch::Sender<bool>,
 }
@@ -500,21 +493,26 @@ struct LaneWriter {
 async fn open_lane(
     conn: &quinn::Connection,
     lane: Lane,
+    store: &Store,
     inbox: &mpsc::UnboundedSender<Result<Message, ReplicateError>>,
 ) -> Result<LaneWriter, ReplicateError> {
     let (send, recv) = conn.open_bi().await.map_err(|e| ReplicateError::Lost(e.to_string()))?;
     send.set_priority(lane_priority(lane)).map_err(|e| ReplicateError::Lost(e.to_string()))?;
     let span = tracing::debug_span!("lane", lane = lane.as_str());
     tokio::spawn(read_frames(recv, inbox.clone()).instrument(span.clone()));
-    let (frames, queued) = mpsc::unbounded_channel();
+    let (batches, queued) = mpsc::unbounded_channel();
     let (aged, aged_rx) = watch::channel(false);
-    tokio::spawn(write_frames(send, lane, queued, aged_rx, inbox.clone()).instrument(span));
-    Ok(LaneWriter { frames, aged })
+    tokio::spawn(write_frames(send, lane, store.clone(), queued, aged_rx, inbox.clone()).instrument(span));
+    Ok(LaneWriter { batches, aged })
 }
 
-/// Writes a lane's frames in order until the session drops its queue, then finishes the
-/// stream. Between writes, and while a write waits for flow control, it keeps the
-/// stream's priority current: the lane's own, or [`AGED_PRIORITY`] while it is aged.
+/// Reads a lane's batches from the store and writes their frames, in order, until the
+/// session drops its queue, then finishes the stream. Each batch is read and encoded on
+/// the blocking pool, one at a time: the session is never held up by a read, and a
+/// drain's bulk reads never crowd out the critical lane's (reading a whole window at
+/// once did, see ARCHITECTURE.md). Between writes, and while a write waits for flow
+/// control, it keeps the stream's priority current: the lane's own, or
+/// [`AGED_PRIORITY`] while it is aged.
 ///
 /// The policy, then: on the wire critical goes first, standard second, bulk last; each
 /// lane has its own window of batches in flight, so none waits for another's acks; and a
@@ -523,12 +521,13 @@ async fn open_lane(
 async fn write_frames(
     mut send: quinn::SendStream,
     lane: Lane,
-    mut queued: mpsc::UnboundedReceiver<PendingFrame>,
+    store: Store,
+    mut queued: mpsc::UnboundedReceiver<(Seq, u32)>,
     mut aged: watch::Receiver<bool>,
     inbox: mpsc::UnboundedSender<Result<Message, ReplicateError>>,
 ) {
     enum Step {
-        Queued(Option<PendingFrame>),
+        Queued(Option<(Seq, u32)>),
         Wrote(Result<usize, quinn::WriteError>),
         /// The aged flag changed (`false`: the session dropped it, stop watching).
         Aged(bool),
@@ -554,8 +553,9 @@ async fn write_frames(
             },
         };
         match step {
-            Step::Queued(Some(frame)) => {
-                let frame = frame
+            Step::Queued(Some((first_seq, count))) => {
+                let store = store.clone();
+                let frame = tokio::task::spawn_blocking(move || batch_frame(&store, lane, first_seq, count))
                     .await
                     .unwrap_or_else(|e| Err(ReplicateError::Lost(format!("store read task: {e}"))));
                 match frame {
