@@ -27,11 +27,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use sync_protocol::wire::{FrameDecoder, Hello, close};
 
 use crate::inventory::feed::InventoryFeed;
-use rand::rngs::StdRng;
-use rand::{Rng as _, SeedableRng as _};
 use sync_protocol::{
     DecodeError, Epoch, Lane, Message, NodeId, NodeIdentity, PerLane, ProtocolViolation, Receiver,
     ReceiverConfig, Refuse, RefuseReason,

@@ -143,7 +143,7 @@ impl NodeMetrics {
         registry.register("events_per_commit", "Events per store commit", stats.events_per_commit.clone());
         registry.register_with_unit(
             "replication_round_trip",
-            "Time from queueing a batch for the relay (its read from the store included) to its acknowledgement",
+            "Time from queueing a batch for the relay (its wait behind the lane's earlier batches and its read included) to its acknowledgement",
             Unit::Seconds,
             self.replication_seconds.clone(),
         );

@@ -204,7 +204,8 @@ impl Replicator {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, ReplicateError> {
         let (endpoint, conn) = self.connect(addr, endpoints).await?;
-        let result = self.drive(sender, &conn, shutdown).await;
+        let mut lanes: PerLane<Option<LaneWriter>> = PerLane::default();
+        let result = self.drive(sender, &conn, &mut lanes, shutdown).await;
         let (code, reason): (u32, &[u8]) = match &result {
             Ok(Ended::Shutdown) => (close::SHUTDOWN, b"node shutting down"),
             Err(ReplicateError::Decode(_)) => (close::DECODE_ERROR, b"bad frame"),
@@ -212,6 +213,15 @@ impl Replicator {
             Err(_) => (close::SHUTDOWN, b"closing"),
         };
         conn.close(code.into(), reason);
+        // The lanes' writers hold the store, so they end before the session does, and a
+        // node shutting down closes its store after them: on the closed connection their
+        // next write fails, after the read under way, if any.
+        for lane in Lane::ALL {
+            if let Some(LaneWriter { batches, task, .. }) = lanes.get_mut(lane).take() {
+                drop(batches);
+                let _ = task.await;
+            }
+        }
         // Give the close frame a moment to leave; a relay that is gone does not answer.
         let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
         result
@@ -260,6 +270,7 @@ impl Replicator {
         &self,
         sender: &mut Sender,
         conn: &quinn::Connection,
+        lanes: &mut PerLane<Option<LaneWriter>>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, ReplicateError> {
         let lost = |e: quinn::ConnectionError| ReplicateError::Lost(e.to_string());
@@ -273,7 +284,6 @@ impl Replicator {
             sender.handle_appended(lane, pos.head);
         }
         sender.handle_connected(Instant::now());
-        let mut lanes: PerLane<Option<LaneWriter>> = PerLane::default();
         let mut aging = tokio::time::interval(AGING_CHECK_INTERVAL);
         aging.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut repairs = self.repairs.lock().await;
@@ -286,9 +296,7 @@ impl Replicator {
             // Events first: an ack (even one that moves back, from a relay that lost its
             // store) is recorded before a flush that may fail on events no longer held.
             self.handle_events(sender, &mut awaiting, &mut sent).await?;
-            if let Err(e) =
-                self.flush(sender, conn, &mut control_send, &mut lanes, &inbox_tx, &mut sent).await
-            {
+            if let Err(e) = self.flush(sender, conn, &mut control_send, lanes, &inbox_tx, &mut sent).await {
                 // A lane's writer stops on an error it puts in the inbox, behind the
                 // messages before it (a batch it could not read, say): that error, not the
                 // stop it caused here, is what ends the connection.
@@ -486,6 +494,8 @@ struct LaneWriter {
     batches: mpsc::UnboundedSender<(Seq, u32)>,
     /// Set by the session while the lane's oldest batch is older than [`AGING_AFTER`].
     aged: watch::Sender<bool>,
+    /// The writer task, which holds a handle to the store.
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the stream of `lane` with its priority, and starts its writer and the reader of
@@ -502,17 +512,19 @@ async fn open_lane(
     tokio::spawn(read_frames(recv, inbox.clone()).instrument(span.clone()));
     let (batches, queued) = mpsc::unbounded_channel();
     let (aged, aged_rx) = watch::channel(false);
-    tokio::spawn(write_frames(send, lane, store.clone(), queued, aged_rx, inbox.clone()).instrument(span));
-    Ok(LaneWriter { batches, aged })
+    let task = tokio::spawn(
+        write_frames(send, lane, store.clone(), queued, aged_rx, inbox.clone()).instrument(span),
+    );
+    Ok(LaneWriter { batches, aged, task })
 }
 
 /// Reads a lane's batches from the store and writes their frames, in order, until the
 /// session drops its queue, then finishes the stream. Each batch is read and encoded on
 /// the blocking pool, one at a time: the session is never held up by a read, and a
-/// drain's bulk reads never crowd out the critical lane's (reading a whole window at
-/// once did, see ARCHITECTURE.md). Between writes, and while a write waits for flow
-/// control, it keeps the stream's priority current: the lane's own, or
-/// [`AGED_PRIORITY`] while it is aged.
+/// drain's bulk reads no longer queue ahead of the critical lane's (reading a whole
+/// window at once let them crowd it out, see ARCHITECTURE.md). Between writes, and while
+/// a write waits for flow control (not during a read), it keeps the stream's priority
+/// current: the lane's own, or [`AGED_PRIORITY`] while it is aged.
 ///
 /// The policy, then: on the wire critical goes first, standard second, bulk last; each
 /// lane has its own window of batches in flight, so none waits for another's acks; and a

@@ -14,11 +14,12 @@
 //!   built and encoded once ([`InventoryFeed::frames`]) and shared; a node that is behind
 //!   (just connected, or slow) gets its own.
 //! - Connections push a published version in turns ([`InventoryFeed::turn`]), spread
-//!   over a millisecond per connection up to the interval (a few nodes get it at once). Pushed at the same instant, a
-//!   thousand nodes' updates were one burst each second (`fan-in`: 35 MB of the relay's
-//!   46 MB/s) that the acknowledgements of every connection queued behind: the lag p99
-//!   measured 193-468 ms over six runs, and 52-262 ms with the pushes spread, on a quiet
-//!   machine (in a busier hour, 1.1-2.4 s both ways).
+//!   over a millisecond per connection up to the interval (a few nodes get it at once).
+//!   Pushed at the same instant, a thousand nodes' updates were one burst each second
+//!   (`fan-in`: 35 MB of the relay's 46 MB/s) that the acknowledgements of every
+//!   connection queued behind: the lag p99 measured 193-468 ms over six runs, and 52-262
+//!   ms with the pushes spread, on a quiet machine (in a busier hour, 1.1-2.4 s both
+//!   ways).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
