@@ -10,7 +10,7 @@ use simulator::check;
 use simulator::cluster::Cluster;
 use simulator::ledger::Ledger;
 
-use crate::{join_all, scanner_configs, spawn_scanners};
+use crate::{join_all, scanner_configs, spawn_scanners, wait_for};
 
 const SCANNERS: usize = 8;
 const EVENTS_TOTAL: u64 = 20_000;
@@ -102,6 +102,12 @@ async fn bulk_acked(cluster: &Cluster) -> u64 {
     status["lanes"]["bulk"]["acked_seq"].as_u64().unwrap()
 }
 
+/// Waits until the relay has acknowledged the node's bulk lane through `seq`.
+async fn wait_bulk_acked(cluster: &Cluster, seq: u64, what: &str) {
+    wait_for(what, Duration::from_secs(30), || async { (bulk_acked(cluster).await >= seq).then_some(()) })
+        .await;
+}
+
 async fn post_scan(cluster: &Cluster, id: &str) {
     let event =
         serde_json::json!({"event_id": id, "kind": "scan", "sku": "SKU-1", "location": "A-01", "qty": 1});
@@ -118,20 +124,13 @@ async fn post_scan(cluster: &Cluster, id: &str) {
 async fn a_relay_back_from_a_crash_resets_the_old_connection_and_the_node_dials_again_at_once() {
     let mut cluster = Cluster::start(&["store-0043"]).await.unwrap();
     post_scan(&cluster, "before").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bulk_acked(&cluster).await < 1 {
-        assert!(Instant::now() < deadline, "the first event never reached the relay");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_bulk_acked(&cluster, 1, "the first event to reach the relay").await;
     cluster.relay.kill().unwrap();
     cluster.relay.start().await.unwrap();
 
     let posted = Instant::now();
     post_scan(&cluster, "after").await;
-    while bulk_acked(&cluster).await < 2 {
-        assert!(posted.elapsed() < Duration::from_secs(30), "the event never reached the relay");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_bulk_acked(&cluster, 2, "the event to reach the relay").await;
     let took = posted.elapsed();
     let log = std::fs::read_to_string(cluster.nodes[0].log_path()).unwrap();
     assert!(log.contains("connection lost: reset by peer"), "the node saw no reset:\n{log}");
@@ -148,40 +147,30 @@ async fn a_relay_that_lost_what_the_node_pruned_is_told_which_events_cannot_be_r
     let args = vec!["--retention".into(), "1s".into()];
     cluster.add_node("store-0044", args).unwrap().start().await.unwrap();
     post_scan(&cluster, "pruned").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bulk_acked(&cluster).await < 1 {
-        assert!(Instant::now() < deadline, "the event never reached the relay");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_bulk_acked(&cluster, 1, "the event to reach the relay").await;
     // Past the retention, a restart prunes it (the node prunes as it starts; stopped
     // cleanly, so its record of the ack is durable).
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     cluster.relay.kill().unwrap();
     cluster.nodes[0].terminate(Duration::from_secs(10)).await.unwrap();
     cluster.nodes[0].start().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(cluster.nodes[0].log_path())
-        .unwrap()
-        .contains("pruned acknowledged events")
-    {
-        assert!(Instant::now() < deadline, "the node did not prune the event");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let log = cluster.nodes[0].log_path().to_owned();
+    wait_for("the node to prune the event", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log).unwrap().contains("pruned acknowledged events").then_some(())
+    })
+    .await;
 
     cluster.relay.wipe_data().unwrap();
     cluster.relay.start().await.unwrap();
     let url = format!("http://{}/v1/status", cluster.nodes[0].http_addr());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let status = wait_for("the node to say why it cannot resend", Duration::from_secs(30), || async {
         let status: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        let error = status["relay"]["last_error"].as_str().unwrap_or_default().to_owned();
-        if error.contains("no longer in the store (pruned)") {
-            assert!(error.contains("lane bulk seqs 1.."), "{error}");
-            let regression = status["relay"]["last_regression"].as_str().unwrap_or_default();
-            assert!(regression.contains("only through seq 0 but had acknowledged 1"), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the node never said why it cannot resend: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let error = status["relay"]["last_error"].as_str().unwrap_or_default();
+        error.contains("no longer in the store (pruned)").then_some(status)
+    })
+    .await;
+    let error = status["relay"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("lane bulk seqs 1.."), "{error}");
+    let regression = status["relay"]["last_regression"].as_str().unwrap_or_default();
+    assert!(regression.contains("only through seq 0 but had acknowledged 1"), "{status}");
 }
